@@ -1,0 +1,14 @@
+//! The Streamscan API: the `AnalysisJob` custom resource, the progress-event schema, and the
+//! names (labels, annotations, finalizers, condition types) every component shares.
+
+pub mod conditions;
+pub mod event;
+pub mod generate;
+pub mod job;
+pub mod names;
+
+pub use event::{EVENT_VERSION, EventError, EventStatus, ProgressEvent};
+pub use job::{
+    AnalysisJob, AnalysisJobSpec, AnalysisJobStatus, AnalyzerName, Download, Execution, ExecutionState, Phase,
+    Progress, ResultSummary, SecretReference, SeverityCounts, Source, UploadSource, UrlSource, VolumeSource,
+};

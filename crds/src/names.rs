@@ -1,0 +1,65 @@
+//! Every label, annotation, finalizer, condition type and reason Streamscan writes, in one place,
+//! so that the controller, the workers, the gateway and the Helm chart agree on the spelling.
+
+/// API group of every Streamscan resource.
+pub const GROUP: &str = "streamscan.io";
+/// API version served by this crate.
+pub const VERSION: &str = "v1alpha1";
+
+/// Label on worker pods (their identity) and on pinned jobs (their server).
+pub const LABEL_SERVER_ID: &str = "streamscan.io/server-id";
+/// Label on worker pods naming the component, used by the default worker selector.
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// Value of [`LABEL_COMPONENT`] on worker pods.
+pub const COMPONENT_WORKER: &str = "worker";
+/// Default label selector the controller uses to find worker pods.
+pub const DEFAULT_WORKER_SELECTOR: &str = "app.kubernetes.io/component=worker";
+
+/// Pod annotation overriding the controller's default per-server job capacity.
+pub const ANNOTATION_CAPACITY: &str = "streamscan.io/capacity";
+/// Pod annotation naming the port of the worker's HTTP service (results, uploads).
+pub const ANNOTATION_HTTP_PORT: &str = "streamscan.io/http-port";
+/// Job annotation holding the gateway's idempotency key of the request that created it.
+pub const ANNOTATION_IDEMPOTENCY_KEY: &str = "streamscan.io/idempotency-key";
+
+/// Finalizer that keeps a job until the worker holding its results has deleted them.
+pub const FINALIZER_RESULTS: &str = "streamscan.io/results-cleanup";
+
+/// Field manager names, one per writer, so server-side apply keeps ownership visible.
+pub const MANAGER_CONTROLLER: &str = "streamscan-controller";
+pub const MANAGER_WORKER: &str = "streamscan-worker";
+pub const MANAGER_GATEWAY: &str = "streamscan-gateway";
+
+/// Condition types on `AnalysisJob.status.conditions`.
+pub mod condition {
+    /// The job has a server (`True`) or is waiting for one (`False`).
+    pub const SCHEDULED: &str = "Scheduled";
+    /// The worker is analysing the current attempt.
+    pub const RUNNING: &str = "Running";
+    /// The analysis finished and its result is stored.
+    pub const COMPLETE: &str = "Complete";
+    /// The job ended without a result.
+    pub const FAILED: &str = "Failed";
+    /// The job was cancelled and its partial work rolled back.
+    pub const CANCELLED: &str = "Cancelled";
+    /// `spec.suspend` holds the job; it keeps no server meanwhile.
+    pub const SUSPENDED: &str = "Suspended";
+}
+
+/// CamelCase reasons used on conditions, Events and failures.
+pub mod reason {
+    pub const CREATED: &str = "Created";
+    pub const NO_SERVER_AVAILABLE: &str = "NoServerAvailable";
+    pub const PLACED: &str = "Placed";
+    pub const STARTED: &str = "Started";
+    pub const COMPLETED: &str = "Completed";
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
+    pub const SERVER_UNAVAILABLE: &str = "ServerUnavailable";
+    pub const SOURCE_LOST: &str = "SourceLost";
+    pub const CANCELLED: &str = "Cancelled";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    pub const RETRYING: &str = "Retrying";
+}

@@ -1,0 +1,71 @@
+//! `streamscan-operator`: one binary, deployed twice (controller and gateway), that also prints
+//! the generated API artefacts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use streamscan_api::generate;
+
+#[derive(Parser)]
+#[command(name = "streamscan-operator", version, about = "Streamscan control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the AnalysisJob CRD (YAML), or the progress-event JSON Schema.
+    Crd {
+        /// Print the progress-event JSON Schema instead of the CRD.
+        #[arg(long)]
+        progress_event_schema: bool,
+        /// Rewrite the committed files (crds/analysisjob.yaml, crds/progress-event.schema.json)
+        /// under the workspace root instead of printing.
+        #[arg(long, conflicts_with = "progress_event_schema")]
+        write: bool,
+        /// Workspace root for --write.
+        #[arg(long, default_value = ".", requires = "write")]
+        root: PathBuf,
+    },
+    /// Reconcile AnalysisJobs: placement, deadlines, retries, cancel, TTL, cleanup.
+    Controller,
+    /// Serve users: live progress, history, cancel, result download.
+    Gateway,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd {
+            progress_event_schema,
+            write,
+            root,
+        } => {
+            if write {
+                write_generated(&root)
+            } else if progress_event_schema {
+                print!("{}", generate::progress_event_schema_json()?);
+                Ok(())
+            } else {
+                print!("{}", generate::crd_yaml()?);
+                Ok(())
+            }
+        }
+        Command::Controller => bail!("the controller is not implemented yet (issue: the controller)"),
+        Command::Gateway => bail!("the gateway is not implemented yet (issue: the gateway)"),
+    }
+}
+
+fn write_generated(root: &Path) -> Result<()> {
+    for (path, contents) in [
+        (generate::CRD_PATH, generate::crd_yaml()?),
+        (generate::EVENT_SCHEMA_PATH, generate::progress_event_schema_json()?),
+    ] {
+        let path = root.join(path);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

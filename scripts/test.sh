@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every Streamscan test. Installs what the tests need when it can (apt-get as root); otherwise
+# stops at once and says exactly what to install. A test never skips because a service is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+# System packages the tests use: name of the command -> Debian package.
+# (Later: [redis-server]=redis-server for the gateway's tests.)
+declare -A packages=()
+for cmd in "${!packages[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${packages[$cmd]}")
+done
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing test dependencies: ${need_apt[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
+  else
+    echo "error: the tests need these packages, which are missing: ${need_apt[*]}" >&2
+    echo "install them (Debian/Ubuntu: sudo apt-get install -y ${need_apt[*]}) and run again" >&2
+    exit 2
+  fi
+fi
+
+exec cargo test --workspace --locked "$@"
