@@ -335,7 +335,14 @@ pub struct AnalysisJobStatus {
     /// Controller: retriable failures so far, bounded by `spec.backoffLimit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_attempts: Option<i32>,
-    /// Controller: when the job was first placed.
+    /// Controller: when a retry after a retriable failure may be placed (exponential backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+    /// Controller: attempts made to delete the stored result while the job is being deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_attempts: Option<i32>,
+    /// Controller: when the job was placed (reset by suspend, as for Kubernetes Jobs); the
+    /// start of `activeDeadlineSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     /// Controller: when the job reached Succeeded, Failed or Cancelled.
