@@ -1,5 +1,6 @@
 //! The built-in analyzers, one module each, and [`build`], which makes them by name.
 
+mod anchored;
 pub mod components;
 pub mod digest;
 pub mod entropy;
@@ -7,6 +8,8 @@ pub mod filetype;
 pub mod iocs;
 pub mod model;
 pub mod secrets;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::path::PathBuf;
 
