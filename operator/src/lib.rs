@@ -1,0 +1,3 @@
+//! Streamscan's control plane: the AnalysisJob controller and the gateway.
+
+pub mod controller;
