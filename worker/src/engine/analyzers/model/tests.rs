@@ -148,7 +148,7 @@ fn one_window_error(endpoint: String, timeout: Duration) -> AnalyzerError {
     };
     let mut sink = Vec::new();
     a.update(&w, &mut sink).unwrap();
-    a.finish(&mut sink).err().expect("an error")
+    a.finish(&mut sink).expect_err("an error")
 }
 
 #[test]
