@@ -1,2 +1,6 @@
 //! End-to-end support for Streamscan: where no cluster exists, a Kubernetes API simulator that
-//! the real binaries talk to over HTTP.
+//! the real binaries talk to over HTTP. See `e2e/README.md` for what it models and what it does not.
+
+pub mod sim;
+
+pub use sim::{SimError, Simulator};

@@ -1,0 +1,177 @@
+//! A stand-in for the kubelet, for tests: registers a Pod for a process the test started
+//! (labels, `podIP` 127.0.0.1, the HTTP port annotation, Ready, phase Running) and, when the
+//! process exits or the test kills it, flips the Pod NotReady or deletes it.
+//! Works through the API (a `kube::Client`), so it serves the kube-sim binary as well.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use streamscan_api::names::ANNOTATION_HTTP_PORT;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const MANAGER: &str = "kube-sim-kubelet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("kube API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("process wait failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the supervising task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What to do with the Pod when its process is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    /// Keep the Pod, NotReady, phase Failed (a crashed container).
+    NotReady,
+    /// Delete the Pod (a pod that was evicted or scaled away).
+    Delete,
+}
+
+/// The Pod to register.
+#[derive(Debug, Clone, Default)]
+pub struct PodTemplate {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The process's HTTP port, published as the `streamscan.io/http-port` annotation.
+    pub port: Option<u16>,
+}
+
+/// The fake kubelet of one namespace.
+#[derive(Clone)]
+pub struct Kubelet {
+    pods: Api<Pod>,
+}
+
+/// A registered Pod.
+#[derive(Clone)]
+pub struct PodHandle {
+    pods: Api<Pod>,
+    name: String,
+}
+
+/// A Pod whose process is supervised.
+pub struct Supervised {
+    pub pod: PodHandle,
+    kill: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), KubeletError>>,
+}
+
+impl Kubelet {
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            pods: Api::namespaced(client, namespace),
+        }
+    }
+
+    /// Creates the Pod and reports it Running and Ready.
+    pub async fn register(&self, template: PodTemplate) -> Result<PodHandle, KubeletError> {
+        let mut annotations = template.annotations.clone();
+        if let Some(port) = template.port {
+            annotations.insert(ANNOTATION_HTTP_PORT.into(), port.to_string());
+        }
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": template.name, "labels": template.labels, "annotations": annotations},
+            "spec": {"containers": [{"name": "main", "image": "local-process"}], "nodeName": "kube-sim"},
+        }))
+        .map_err(|e| KubeletError::Kube(kube::Error::SerdeError(e)))?;
+        self.pods.create(&PostParams::default(), &pod).await?;
+        let handle = PodHandle {
+            pods: self.pods.clone(),
+            name: template.name,
+        };
+        handle.set_ready(true).await?;
+        Ok(handle)
+    }
+
+    /// Registers the Pod and watches `child`: when it exits (or [`Supervised::kill`] kills it),
+    /// the Pod goes NotReady or away, as `on_exit` says.
+    pub async fn run(
+        &self,
+        template: PodTemplate,
+        mut child: tokio::process::Child,
+        on_exit: OnExit,
+    ) -> Result<Supervised, KubeletError> {
+        let pod = self.register(template).await?;
+        let (kill, killed) = oneshot::channel::<()>();
+        let watched = pod.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                status = child.wait() => { status?; }
+                _ = killed => {
+                    child.kill().await?;
+                }
+            }
+            match on_exit {
+                OnExit::NotReady => watched.set_ready(false).await,
+                OnExit::Delete => watched.delete().await,
+            }
+        });
+        Ok(Supervised {
+            pod,
+            kill: Some(kill),
+            task,
+        })
+    }
+}
+
+impl PodHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reports the Pod Ready and Running, or NotReady and Failed.
+    pub async fn set_ready(&self, ready: bool) -> Result<(), KubeletError> {
+        let now = crate::sim::now_rfc3339();
+        let status = if ready { "True" } else { "False" };
+        let condition = |ty: &str, status: &str| json!({"type": ty, "status": status, "lastTransitionTime": now});
+        let patch = json!({
+            "status": {
+                "phase": if ready { "Running" } else { "Failed" },
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "hostIP": "127.0.0.1",
+                "startTime": now,
+                "conditions": [
+                    condition("PodScheduled", "True"),
+                    condition("Initialized", "True"),
+                    condition("ContainersReady", status),
+                    condition("Ready", status),
+                ],
+            }
+        });
+        self.pods
+            .patch_status(&self.name, &PatchParams::apply(MANAGER).force(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self) -> Result<(), KubeletError> {
+        self.pods.delete(&self.name, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}
+
+impl Supervised {
+    /// Kills the process and waits until the Pod reflects it.
+    pub async fn kill(mut self) -> Result<(), KubeletError> {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        self.task.await?
+    }
+
+    /// Waits until the process exits by itself and the Pod reflects it.
+    pub async fn exited(self) -> Result<(), KubeletError> {
+        self.task.await?
+    }
+}
