@@ -2,3 +2,4 @@
 //! pinned AnalysisJobs in a worker pod.
 
 pub mod engine;
+pub mod scan;

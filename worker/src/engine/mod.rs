@@ -5,12 +5,20 @@
 //! module under [`analyzers`] implementing [`Analyzer`].
 
 pub mod analyzers;
+pub mod blake3_tree;
+pub mod hex;
+pub mod pipeline;
+pub mod report;
+pub mod sarif;
+pub mod sink;
+pub mod text;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use streamscan_api::AnalyzerName;
 
 /// How serious a finding is. Ordered: `Info < Low < Medium < High < Critical`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -21,7 +29,7 @@ pub enum Severity {
 }
 
 /// A known vulnerability of a component version.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Vulnerability {
     /// OSV id (CVE-..., GHSA-..., OSV-...).
@@ -34,7 +42,7 @@ pub struct Vulnerability {
 }
 
 /// One thing an analyzer found, at a byte offset of the original stream.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub analyzer: AnalyzerName,
@@ -98,6 +106,10 @@ impl Finding {
 /// it starts before `data.len() - my_overlap` (or anywhere when `is_last`), and never report a
 /// match starting before the end of the last accepted one. The pipeline guarantees
 /// `fresh >= min(max overlap of all analyzers, bytes seen so far)`.
+///
+/// The last window may hold no fresh bytes at all (when the stream length is a multiple of the
+/// chunk size, end of stream is only known after a read returns nothing); its carried bytes are
+/// then the ones not yet accepted by the rule above.
 #[derive(Clone, Copy, Debug)]
 pub struct Window<'a> {
     /// Carried tail, then fresh bytes.
@@ -110,6 +122,43 @@ pub struct Window<'a> {
     pub is_last: bool,
     /// Total stream length, when known in advance.
     pub total: Option<u64>,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Severity::ALL
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown severity `{s}` (expected info, low, medium, high or critical)"))
+    }
 }
 
 impl<'a> Window<'a> {

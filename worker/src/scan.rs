@@ -1,0 +1,455 @@
+//! `streamscan-worker scan`: the engine on one machine, with a progress display, the report in
+//! the chosen format, optional progress events as JSON lines, and an exit code for CI.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+use streamscan_api::{AnalyzerName, EVENT_VERSION, EventStatus, ProgressEvent, ResultSummary};
+
+use crate::engine::analyzers::{AnalyzerConfig, build, model::ModelConfig};
+use crate::engine::pipeline::{CancelToken, EngineError, Hooks, Options, Progress, Scan};
+use crate::engine::report::Report;
+use crate::engine::sink::DEFAULT_FINDING_CAP;
+use crate::engine::{Severity, sarif, text};
+
+/// Exit code: no finding at or above `--fail-on`.
+pub const EXIT_CLEAN: u8 = 0;
+/// Exit code: findings at or above `--fail-on`.
+pub const EXIT_FINDINGS: u8 = 1;
+/// Exit code: usage or input error, or the scan failed.
+pub const EXIT_ERROR: u8 = 2;
+/// Exit code: interrupted (SIGINT), as shells report it.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Json,
+    Sarif,
+    Text,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// What to analyse: a file path, an http(s) URL, or - for standard input.
+    pub input: String,
+    /// Report format [default: text when standard output is a terminal, json otherwise].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Write the report to FILE instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Analyzers to run, comma-separated [default: all except model, plus model with --model-url].
+    #[arg(long, value_delimiter = ',', value_parser = parse_analyzer)]
+    pub analyzers: Option<Vec<AnalyzerName>>,
+    /// OSV vulnerability database: a JSON file or a directory of them (repeatable).
+    #[arg(long = "vuln-db", value_name = "PATH")]
+    pub vuln_db: Vec<PathBuf>,
+    /// Endpoint of the external model; enables the `model` analyzer.
+    #[arg(long, value_name = "URL")]
+    pub model_url: Option<String>,
+    /// Write progress events (the Kafka JSON) as JSON lines to FILE, or - for standard output.
+    #[arg(long, value_name = "FILE|-")]
+    pub events: Option<String>,
+    /// Exit with 1 when a finding has this severity or higher.
+    #[arg(long, default_value = "high", value_parser = parse_severity)]
+    pub fail_on: Severity,
+    /// No progress display.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Findings kept per analyzer; more are counted as dropped.
+    #[arg(long, default_value_t = DEFAULT_FINDING_CAP)]
+    pub max_findings: usize,
+    /// Bytes read per chunk.
+    #[arg(long, default_value_t = 1 << 20, hide = true)]
+    pub chunk_size: usize,
+}
+
+fn parse_analyzer(s: &str) -> Result<AnalyzerName, String> {
+    AnalyzerName::ALL
+        .into_iter()
+        .find(|a| a.as_str() == s.trim())
+        .ok_or_else(|| {
+            let names: Vec<&str> = AnalyzerName::ALL.iter().map(|a| a.as_str()).collect();
+            format!("unknown analyzer `{s}` (expected one of {})", names.join(", "))
+        })
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    s.parse()
+}
+
+/// An opened input and its length when known.
+struct Input {
+    reader: Box<dyn Read>,
+    total: Option<u64>,
+}
+
+fn open_input(input: &str) -> Result<Input> {
+    if input == "-" {
+        return Ok(Input {
+            reader: Box::new(std::io::stdin().lock()),
+            total: None,
+        });
+    }
+    if input.starts_with("http://") || input.starts_with("https://") {
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(30))
+            // A large download takes minutes; only connecting is bounded.
+            .timeout(None)
+            .build()
+            .context("building the HTTP client")?;
+        let response = client.get(input).send().with_context(|| format!("fetching {input}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("fetching {input}: the server answered {status}");
+        }
+        let total = response.content_length();
+        return Ok(Input {
+            reader: Box::new(response),
+            total,
+        });
+    }
+    if input.contains("://") {
+        bail!("{input}: only http:// and https:// URLs are supported");
+    }
+    let file = File::open(input).with_context(|| format!("opening {input}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading the metadata of {input}"))?;
+    if meta.is_dir() {
+        bail!("{input} is a directory; give a file");
+    }
+    Ok(Input {
+        total: meta.is_file().then_some(meta.len()),
+        reader: Box::new(file),
+    })
+}
+
+/// Writes progress events as JSON lines, numbering them without gaps.
+struct EventWriter {
+    out: Box<dyn Write>,
+    template: ProgressEvent,
+    seq: u64,
+    last_progress: Option<(Instant, u64)>,
+}
+
+impl EventWriter {
+    fn new(target: &str, input: &str, total: Option<u64>) -> Result<Self> {
+        let out: Box<dyn Write> = if target == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(File::create(target).with_context(|| format!("creating the events file {target}"))?)
+        };
+        let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
+        let template = ProgressEvent {
+            version: EVENT_VERSION,
+            user_id: user.unwrap_or_else(|| "local".into()),
+            event_id: uuid::Uuid::new_v4().to_string(),
+            server_id: "local".into(),
+            analyze_id: uuid::Uuid::new_v4().to_string(),
+            namespace: String::new(),
+            name: input.to_owned(),
+            attempt: 1,
+            status: EventStatus::Started,
+            seq: 0,
+            bytes_processed: 0,
+            total_bytes: total,
+            timestamp: jiff::Timestamp::now(),
+            reason: None,
+            message: None,
+            retriable: None,
+            result: None,
+        };
+        Ok(EventWriter {
+            out,
+            template,
+            seq: 0,
+            last_progress: None,
+        })
+    }
+
+    fn emit(&mut self, status: EventStatus, processed: u64, edit: impl FnOnce(&mut ProgressEvent)) -> Result<()> {
+        let mut event = self.template.clone();
+        event.status = status;
+        event.seq = self.seq;
+        event.bytes_processed = processed;
+        event.timestamp = jiff::Timestamp::now();
+        edit(&mut event);
+        let line = serde_json::to_string(&event).context("encoding a progress event")?;
+        writeln!(self.out, "{line}").context("writing a progress event")?;
+        self.out.flush().context("writing a progress event")?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// PROGRESS at most twice a second, or every 10 % of a known total.
+    fn progress(&mut self, p: Progress) -> Result<()> {
+        let now = Instant::now();
+        let due = match self.last_progress {
+            None => true,
+            Some((at, bytes)) => {
+                let step = p.total.map(|t| t / 10).unwrap_or(u64::MAX).max(1);
+                now.duration_since(at) >= Duration::from_millis(500) || p.processed.saturating_sub(bytes) >= step
+            }
+        };
+        if due && p.processed > self.last_progress.map_or(0, |(_, b)| b) {
+            self.last_progress = Some((now, p.processed));
+            self.emit(EventStatus::Progress, p.processed, |e| e.total_bytes = p.total)?;
+        }
+        Ok(())
+    }
+}
+
+/// The progress display on standard error.
+enum Display {
+    Quiet,
+    Bar(ProgressBar),
+    Lines { last: Option<Instant>, started: Instant },
+}
+
+impl Display {
+    fn new(quiet: bool, total: Option<u64>) -> Self {
+        if quiet {
+            return Display::Quiet;
+        }
+        if !std::io::stderr().is_terminal() {
+            return Display::Lines {
+                last: None,
+                started: Instant::now(),
+            };
+        }
+        let bar = match total {
+            Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
+            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+        };
+        let template = if total.is_some() {
+            "{spinner} {elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {percent}% {bytes_per_sec} ETA {eta}"
+        } else {
+            "{spinner} {elapsed_precise} {bytes} {bytes_per_sec}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Display::Bar(bar)
+    }
+
+    fn update(&mut self, p: Progress) {
+        match self {
+            Display::Quiet => {}
+            Display::Bar(bar) => bar.set_position(p.processed),
+            Display::Lines { last, started } => {
+                let now = Instant::now();
+                // One line a second at most, the first after a second (short scans print none).
+                if now.duration_since(last.unwrap_or(*started)) < Duration::from_secs(1) {
+                    return;
+                }
+                *last = Some(now);
+                let secs = now.duration_since(*started).as_secs_f64().max(1e-3);
+                let rate = p.processed as f64 / secs / 1e6;
+                match p.total {
+                    Some(t) if t > 0 => eprintln!(
+                        "progress: {} / {t} bytes ({:.1}%), {rate:.1} MB/s",
+                        p.processed,
+                        p.processed as f64 * 100.0 / t as f64
+                    ),
+                    _ => eprintln!("progress: {} bytes, {rate:.1} MB/s", p.processed),
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Display::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn selected_analyzers(args: &ScanArgs) -> Vec<AnalyzerName> {
+    match &args.analyzers {
+        Some(list) => {
+            let mut names = list.clone();
+            names.sort();
+            names.dedup();
+            names
+        }
+        None => AnalyzerName::ALL
+            .into_iter()
+            .filter(|a| *a != AnalyzerName::Model || args.model_url.is_some())
+            .collect(),
+    }
+}
+
+fn render(report: &Report, format: Format) -> Result<Vec<u8>> {
+    Ok(match format {
+        Format::Json => {
+            let mut v = serde_json::to_vec_pretty(report).context("encoding the report")?;
+            v.push(b'\n');
+            v
+        }
+        Format::Sarif => {
+            let mut v = serde_json::to_vec_pretty(&sarif::to_sarif(report)).context("encoding the SARIF log")?;
+            v.push(b'\n');
+            v
+        }
+        Format::Text => text::to_text(report).into_bytes(),
+    })
+}
+
+/// Runs `scan` and returns the process exit code; errors are usage or input errors (exit 2).
+pub fn run(args: ScanArgs) -> Result<ExitCode> {
+    if args.events.as_deref() == Some("-") && args.output.is_none() {
+        bail!("--events - and the report would both go to standard output; add --output FILE");
+    }
+    if args.chunk_size == 0 {
+        bail!("--chunk-size must be positive");
+    }
+    let names = selected_analyzers(&args);
+    if names.is_empty() {
+        bail!("--analyzers selects no analyzer");
+    }
+    let config = AnalyzerConfig {
+        vuln_db: args.vuln_db.clone(),
+        model: args.model_url.clone().map(|endpoint| ModelConfig { endpoint }),
+    };
+    let analyzers = names
+        .iter()
+        .map(|&n| build(n, &config))
+        .collect::<Result<Vec<_>, _>>()
+        .context("setting up the analyzers")?;
+
+    let input = open_input(&args.input)?;
+    let format = args
+        .format
+        .unwrap_or(if args.output.is_none() && std::io::stdout().is_terminal() {
+            Format::Text
+        } else {
+            Format::Json
+        });
+    let options = Options {
+        chunk_size: args.chunk_size,
+        finding_cap: args.max_findings,
+        total: input.total,
+        ..Options::default()
+    };
+    let scan = Scan::new(analyzers, options).context("setting up the scan")?;
+
+    let cancel = CancelToken::new();
+    {
+        let cancel = cancel.clone();
+        // Without a handler SIGINT still stops the process, just without a CANCELLED event.
+        if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+            tracing::warn!("cannot handle Ctrl-C: {e}");
+        }
+    }
+    let events = match &args.events {
+        Some(target) => Some(RefCell::new(EventWriter::new(target, &args.input, input.total)?)),
+        None => None,
+    };
+    let event_error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
+    if let Some(ev) = &events {
+        ev.borrow_mut().emit(EventStatus::Started, 0, |_| {})?;
+    }
+    let display = RefCell::new(Display::new(args.quiet, input.total));
+    let last_processed = std::cell::Cell::new(0u64);
+    let started_at = jiff::Timestamp::now();
+    let hooks = Hooks {
+        progress: Some(Box::new(|p: Progress| {
+            last_processed.set(p.processed);
+            display.borrow_mut().update(p);
+            if let Some(ev) = &events
+                && let Err(e) = ev.borrow_mut().progress(p)
+            {
+                // A broken events file should not kill the scan mid-way; it fails it at the end.
+                event_error.borrow_mut().get_or_insert(e);
+            }
+        })),
+        checkpoint: None,
+        cancel: cancel.clone(),
+    };
+    let outcome = scan.run(input.reader, hooks);
+    display.borrow_mut().finish();
+    if let Some(e) = event_error.into_inner() {
+        return Err(e);
+    }
+
+    let result = match outcome {
+        Ok(result) => result,
+        Err(e) => {
+            let processed = match &e {
+                EngineError::Cancelled { processed } => *processed,
+                _ => last_processed.get(),
+            };
+            if let Some(ev) = &events {
+                let mut ev = ev.borrow_mut();
+                match &e {
+                    EngineError::Cancelled { .. } => ev.emit(EventStatus::Cancelled, processed, |ev| {
+                        ev.reason = Some("Interrupted".into());
+                        ev.message = Some("the scan was interrupted".into());
+                    })?,
+                    other => {
+                        let reason = match other {
+                            EngineError::Io { .. } => "SourceReadFailed",
+                            _ => "AnalyzerFailed",
+                        };
+                        ev.emit(EventStatus::Failed, processed, |ev| {
+                            ev.reason = Some(reason.into());
+                            ev.message = Some(other.to_string());
+                            ev.retriable = Some(other.is_retriable());
+                        })?
+                    }
+                }
+            }
+            if matches!(e, EngineError::Cancelled { .. }) {
+                eprintln!("streamscan: interrupted after {processed} bytes");
+                return Ok(ExitCode::from(EXIT_INTERRUPTED));
+            }
+            return Err(anyhow::Error::new(e).context(format!("scanning {}", args.input)));
+        }
+    };
+
+    let report = Report::new(result, args.input.clone(), started_at, args.max_findings);
+    let rendered = render(&report, format)?;
+    match &args.output {
+        Some(path) => std::fs::write(path, &rendered).with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&rendered).context("writing the report")?;
+            out.flush().context("writing the report")?;
+        }
+    }
+    if let Some(ev) = &events {
+        let summary = ResultSummary {
+            bytes: i64::try_from(report.bytes).unwrap_or(i64::MAX),
+            sha256: report.digests.sha256.clone(),
+            findings: report.severity_counts(),
+            report_digest: crate::engine::hex::encode(&Sha256::digest(&rendered)),
+            report_size: i64::try_from(rendered.len()).unwrap_or(i64::MAX),
+            server_id: "local".into(),
+        };
+        ev.borrow_mut().emit(EventStatus::Completed, report.bytes, |e| {
+            e.total_bytes = Some(report.bytes);
+            e.result = Some(summary);
+        })?;
+    }
+    let failing = report.count_at_least(args.fail_on);
+    if failing > 0 {
+        if !args.quiet {
+            eprintln!(
+                "streamscan: {failing} finding(s) at or above {} (exit {EXIT_FINDINGS})",
+                args.fail_on
+            );
+        }
+        return Ok(ExitCode::from(EXIT_FINDINGS));
+    }
+    Ok(ExitCode::from(EXIT_CLEAN))
+}
