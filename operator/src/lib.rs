@@ -1,3 +1,6 @@
 //! Streamscan's control plane: the AnalysisJob controller and the gateway.
 
 pub mod controller;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;

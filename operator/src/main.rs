@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use streamscan_api::generate;
+use streamscan_operator::controller::{self, ControllerArgs};
+use streamscan_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(name = "streamscan-operator", version, about = "Streamscan control plane")]
@@ -30,7 +32,12 @@ enum Command {
         root: PathBuf,
     },
     /// Reconcile AnalysisJobs: placement, deadlines, retries, cancel, TTL, cleanup.
-    Controller,
+    Controller {
+        #[command(flatten)]
+        args: Box<ControllerArgs>,
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
+    },
     /// Serve users: live progress, history, cancel, result download.
     Gateway,
 }
@@ -53,7 +60,11 @@ fn main() -> Result<()> {
                 Ok(())
             }
         }
-        Command::Controller => bail!("the controller is not implemented yet (issue: the controller)"),
+        Command::Controller { args, log_format } => {
+            telemetry::init(log_format);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(controller::run(*args))
+        }
         Command::Gateway => bail!("the gateway is not implemented yet (issue: the gateway)"),
     }
 }

@@ -2,4 +2,10 @@
 //! Kubernetes shell around it.
 
 pub mod decide;
+pub mod ledger;
+pub mod metrics;
+pub mod reconcile;
+pub mod run;
 pub mod servers;
+
+pub use run::{ControllerArgs, run};
