@@ -308,7 +308,8 @@ pub fn server_side_apply(
         }
         // Forcing takes the fields away from their previous owners.
         for e in entries.iter_mut().filter(|e| !mine(e)) {
-            e.fields.retain(|owned| !fields.iter().any(|f| overlaps(f, owned)));
+            e.fields
+                .retain(|owned| !conflicts.iter().any(|(m, p)| *m == e.manager && p == owned));
         }
     }
 

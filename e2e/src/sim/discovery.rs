@@ -111,3 +111,76 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
         "resources": resources,
     }))
 }
+
+/// `/openapi/v3/...` path of a group/version.
+fn openapi_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+fn hash_of(value: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut h);
+    format!("{:016X}", h.finish())
+}
+
+/// `/openapi/v3`: one entry per served group/version. kubectl reads it to learn that the server
+/// validates fields itself (`fieldValidation`), and then skips its own schema validation.
+pub fn openapi_root(registry: &Registry) -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut gvs: Vec<(String, String)> = registry
+        .all()
+        .iter()
+        .map(|t| (t.group.clone(), t.version.clone()))
+        .collect();
+    gvs.dedup();
+    for (g, v) in gvs {
+        let hash = openapi_gv(registry, &g, &v).map(|d| hash_of(&d)).unwrap_or_default();
+        let path = openapi_path(&g, &v);
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/apis/{group}/{version}`: only PATCH operations with their
+/// `x-kubernetes-group-version-kind` and the `fieldValidation` parameter; no schemas, so kubectl
+/// computes client-side apply patches from its built-in types (or as merge patches for CRs).
+pub fn openapi_gv(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    for rt in registry.in_group_version(group, version) {
+        let scope = if rt.namespaced { "namespaces/{namespace}/" } else { "" };
+        let path = format!("/{}/{scope}{}/{{name}}", openapi_path(group, version), rt.resource);
+        let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "force"]
+            .iter()
+            .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string"}}))
+            .collect();
+        paths.insert(
+            path,
+            json!({
+                "patch": {
+                    "operationId": format!("patch{}", rt.kind),
+                    "x-kubernetes-group-version-kind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+                    "x-kubernetes-action": "patch",
+                    "parameters": params,
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }),
+        );
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

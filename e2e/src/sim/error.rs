@@ -150,7 +150,7 @@ fn causes_json(causes: &[Cause]) -> Value {
     Value::Array(
         causes
             .iter()
-            .map(|c| json!({"reason": c.reason, "message": c.render(), "field": c.field}))
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect(),
     )
 }

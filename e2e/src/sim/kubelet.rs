@@ -135,6 +135,8 @@ impl PodHandle {
         let status = if ready { "True" } else { "False" };
         let condition = |ty: &str, status: &str| json!({"type": ty, "status": status, "lastTransitionTime": now});
         let patch = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
             "status": {
                 "phase": if ready { "Running" } else { "Failed" },
                 "podIP": "127.0.0.1",
@@ -150,7 +152,7 @@ impl PodHandle {
             }
         });
         self.pods
-            .patch_status(&self.name, &PatchParams::apply(MANAGER).force(), &Patch::Merge(&patch))
+            .patch_status(&self.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
             .await?;
         Ok(())
     }

@@ -56,6 +56,9 @@ struct Route {
 }
 
 enum Target {
+    OpenApiRoot,
+    OpenApiV2,
+    OpenApi(String, String),
     CoreVersions,
     Groups,
     Group(String),
@@ -66,6 +69,10 @@ enum Target {
 fn parse(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
+        ["openapi", "v2"] => return Some(Target::OpenApiV2),
+        ["openapi", "v3"] => return Some(Target::OpenApiRoot),
+        ["openapi", "v3", "api", v] => return Some(Target::OpenApi(String::new(), (*v).to_owned())),
+        ["openapi", "v3", "apis", g, v] => return Some(Target::OpenApi((*g).to_owned(), (*v).to_owned())),
         ["api"] => return Some(Target::CoreVersions),
         ["apis"] => return Some(Target::Groups),
         ["apis", g] => return Some(Target::Group((*g).to_owned())),
@@ -167,6 +174,20 @@ fn route(
             .ok_or_else(ApiError::no_route)
     };
     let route = match target {
+        // An OpenAPI v2 document with no definitions (an empty protobuf message): kubectl's
+        // client-side validation then knows no schema and leaves validation to the server.
+        Target::OpenApiV2 => {
+            return Ok((
+                [(
+                    header::CONTENT_TYPE,
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                )],
+                Bytes::new(),
+            )
+                .into_response());
+        }
+        Target::OpenApiRoot => return discovery_doc(Some(discovery::openapi_root(&store.lock().registry))),
+        Target::OpenApi(g, v) => return discovery_doc(discovery::openapi_gv(&store.lock().registry, &g, &v)),
         Target::CoreVersions => return discovery_doc(Some(discovery::core_versions(&shared.address))),
         Target::Groups => return discovery_doc(Some(discovery::group_list(&store.lock().registry))),
         Target::Group(g) => return discovery_doc(discovery::group(&store.lock().registry, &g)),

@@ -1,0 +1,405 @@
+//! The simulator through the real `kubectl` (v1.32): apply, get (Table output with the CRD's
+//! printer columns), get -w, wait, patch, label, describe, delete, server-side apply, and every
+//! invalid fixture refused with its message visible in `kubectl apply`'s output.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use common::{TestResult, WAIT, crd_path, documents, start, workspace_root, yaml_files};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use streamscan_api::AnalysisJob;
+use streamscan_e2e::Simulator;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// `kubectl` pointed at one simulator, with its own discovery cache.
+struct Kubectl {
+    dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(sim: &Simulator) -> Result<Self, Box<dyn std::error::Error>> {
+        assert!(
+            Path::new("/usr/bin/kubectl").exists()
+                || std::process::Command::new("kubectl")
+                    .arg("version")
+                    .arg("--client")
+                    .output()
+                    .is_ok(),
+            "kubectl is not installed: these tests need the kubectl binary on PATH"
+        );
+        let dir = tempfile::tempdir()?;
+        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
+        Ok(Self { dir })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
+        Ok(tokio::time::timeout(WAIT, self.command(args).output()).await??)
+    }
+
+    /// Runs and requires success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+        let out = self.run(args).await?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        if !out.status.success() {
+            return Err(format!("kubectl {args:?} failed: {stdout}{stderr}").into());
+        }
+        Ok(stdout.into_owned())
+    }
+
+    /// Runs and requires failure; returns stdout and stderr together.
+    async fn fails(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+        let out = self.run(args).await?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            return Err(format!("kubectl {args:?} succeeded, expected a refusal: {text}").into());
+        }
+        Ok(text)
+    }
+
+    fn write(&self, name: &str, doc: &serde_json::Value) -> Result<PathBuf, Box<dyn std::error::Error>> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(doc)?)?;
+        Ok(path)
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+async fn with_crd() -> Result<(Simulator, kube::Client, Kubectl), Box<dyn std::error::Error>> {
+    let (sim, client) = start().await?;
+    let kubectl = Kubectl::new(&sim)?;
+    let out = kubectl.ok(&["apply", "-f", path_str(&crd_path())]).await?;
+    assert!(
+        out.contains("customresourcedefinition.apiextensions.k8s.io/analysisjobs.streamscan.io created"),
+        "{out}"
+    );
+    kubectl
+        .ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/analysisjobs.streamscan.io",
+            "--timeout=10s",
+        ])
+        .await?;
+    Ok((sim, client, kubectl))
+}
+
+#[tokio::test]
+async fn apply_crd_and_samples_then_get_shows_printer_columns() -> TestResult {
+    let (_sim, client, kubectl) = with_crd().await?;
+    let samples = workspace_root().join("manifests/samples");
+    let out = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
+    for name in ["archive-upload", "firmware-from-url", "disk-image-from-volume"] {
+        assert!(
+            out.contains(&format!("analysisjob.streamscan.io/{name} created")),
+            "{out}"
+        );
+    }
+    // Applying again changes nothing.
+    let again = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
+    assert!(again.contains("firmware-from-url unchanged"), "{again}");
+
+    let jobs: Api<AnalysisJob> = Api::default_namespaced(client);
+    jobs.patch_status(
+        "firmware-from-url",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "serverId": "3", "attempt": 1, "progress": {"bytesProcessed": 5, "percent": 40}}})),
+    )
+    .await?;
+    let table = kubectl.ok(&["get", "aj"]).await?;
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PHASE", "SERVER", "PROGRESS", "AGE"], "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("firmware-from-url"))
+        .ok_or("no row")?;
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..4], ["firmware-from-url", "Running", "3", "40"], "{table}");
+    let wide = kubectl.ok(&["get", "aj", "-o", "wide"]).await?;
+    assert!(
+        wide.lines().next().unwrap_or_default().contains("USER") && wide.contains("alice"),
+        "{wide}"
+    );
+    // Short name, category and -o json all resolve through discovery.
+    assert!(kubectl.ok(&["get", "streamscan"]).await?.contains("archive-upload"));
+    let json: serde_json::Value = serde_json::from_str(
+        &kubectl
+            .ok(&["get", "analysisjob", "archive-upload", "-o", "json"])
+            .await?,
+    )?;
+    assert_eq!(json["spec"]["userId"], "bob@example.com");
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_invalid_fixture_is_refused_by_kubectl_apply_with_its_message() -> TestResult {
+    let (_sim, _client, kubectl) = with_crd().await?;
+    for path in yaml_files(&workspace_root().join("e2e/fixtures/invalid"))? {
+        let text = std::fs::read_to_string(&path)?;
+        let expected = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .ok_or("no expect line")?;
+        let docs = documents(&path)?;
+        let refused = match docs.as_slice() {
+            [only] => kubectl.write("only.json", only)?,
+            [first, second] => {
+                kubectl
+                    .ok(&["apply", "-f", path_str(&kubectl.write("first.json", first)?)])
+                    .await?;
+                kubectl.write("second.json", second)?
+            }
+            _ => return Err(format!("{} has an unexpected shape", path.display()).into()),
+        };
+        let output = kubectl.fails(&["apply", "-f", path_str(&refused)]).await?;
+        assert!(
+            output.contains(expected),
+            "{}: {output:?} lacks {expected:?}",
+            path.display()
+        );
+        assert!(output.contains("is invalid"), "{output}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn wait_returns_when_the_condition_is_set_through_status() -> TestResult {
+    let (_sim, client, kubectl) = with_crd().await?;
+    kubectl
+        .ok(&[
+            "apply",
+            "-f",
+            path_str(&workspace_root().join("manifests/samples/volume-job.yaml")),
+        ])
+        .await?;
+    let wait = kubectl
+        .command(&[
+            "wait",
+            "--for=condition=Scheduled",
+            "aj/disk-image-from-volume",
+            "--timeout=15s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let jobs: Api<AnalysisJob> = Api::default_namespaced(client);
+    let condition = json!({"type": "Scheduled", "status": "True", "reason": "Placed", "message": "on 3", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    jobs.patch_status(
+        "disk-image-from-volume",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [condition]}})),
+    )
+    .await?;
+    let out = tokio::time::timeout(WAIT, wait.wait_with_output()).await??;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("condition met"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn get_watch_prints_a_change() -> TestResult {
+    let (_sim, client, kubectl) = with_crd().await?;
+    kubectl
+        .ok(&[
+            "apply",
+            "-f",
+            path_str(&workspace_root().join("manifests/samples/url-job.yaml")),
+        ])
+        .await?;
+    let mut watch = kubectl.command(&["get", "aj", "-w"]).stdout(Stdio::piped()).spawn()?;
+    let mut lines = BufReader::new(watch.stdout.take().ok_or("no stdout")?).lines();
+    // The listing comes first; the change follows on the watch.
+    loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await??
+            .ok_or("kubectl exited")?;
+        if line.starts_with("firmware-from-url") {
+            break;
+        }
+    }
+    let jobs: Api<AnalysisJob> = Api::default_namespaced(client);
+    jobs.patch_status(
+        "firmware-from-url",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await?;
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await??
+        .ok_or("kubectl exited")?;
+    assert!(
+        line.starts_with("firmware-from-url") && line.contains("Succeeded"),
+        "{line}"
+    );
+    watch.kill().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn patch_label_describe_and_delete() -> TestResult {
+    let (_sim, _client, kubectl) = with_crd().await?;
+    kubectl
+        .ok(&[
+            "apply",
+            "-f",
+            path_str(&workspace_root().join("manifests/samples/url-job.yaml")),
+        ])
+        .await?;
+    let aj = "aj/firmware-from-url";
+    kubectl
+        .ok(&["patch", aj, "--type=merge", "-p", r#"{"spec":{"backoffLimit":5}}"#])
+        .await?;
+    kubectl
+        .ok(&[
+            "patch",
+            aj,
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/ttlSecondsAfterFinished","value":60}]"#,
+        ])
+        .await?;
+    let refused = kubectl
+        .fails(&["patch", aj, "--type=merge", "-p", r#"{"spec":{"backoffLimit":-1}}"#])
+        .await?;
+    assert!(refused.contains("spec.backoffLimit must be zero or more"), "{refused}");
+    kubectl.ok(&["label", aj, "streamscan.io/server-id=3"]).await?;
+    let selected = kubectl
+        .ok(&["get", "aj", "-l", "streamscan.io/server-id=3", "-o", "name"])
+        .await?;
+    assert_eq!(selected.trim(), "analysisjob.streamscan.io/firmware-from-url");
+    assert_eq!(
+        kubectl
+            .ok(&["get", "aj", "-l", "streamscan.io/server-id!=3", "-o", "name"])
+            .await?
+            .trim(),
+        ""
+    );
+    let described = kubectl.ok(&["describe", aj]).await?;
+    assert!(
+        described.contains("Backoff Limit:  5") && described.contains("Ttl Seconds After Finished:  60"),
+        "{described}"
+    );
+    assert!(described.contains("streamscan.io/server-id=3"), "{described}");
+    let generation = kubectl
+        .ok(&["get", aj, "-o", "jsonpath={.metadata.generation}"])
+        .await?;
+    assert_eq!(generation, "3");
+    kubectl.ok(&["delete", aj]).await?;
+    let gone = kubectl.fails(&["get", aj]).await?;
+    assert!(gone.contains("NotFound") || gone.contains("not found"), "{gone}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_side_apply_conflicts_and_force() -> TestResult {
+    let (_sim, _client, kubectl) = with_crd().await?;
+    let sample = workspace_root().join("manifests/samples/url-job.yaml");
+    let out = kubectl.ok(&["apply", "--server-side", "-f", path_str(&sample)]).await?;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let mut changed = documents(&sample)?.remove(0);
+    changed["spec"]["backoffLimit"] = json!(1);
+    let file = kubectl.write("changed.json", &changed)?;
+    let conflict = kubectl
+        .fails(&["apply", "--server-side", "--field-manager=other", "-f", path_str(&file)])
+        .await?;
+    assert!(
+        conflict.contains("conflict") && conflict.contains(".spec.backoffLimit"),
+        "{conflict}"
+    );
+    kubectl
+        .ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            path_str(&file),
+        ])
+        .await?;
+    let managers = kubectl
+        .ok(&[
+            "get",
+            "aj/firmware-from-url",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ])
+        .await?;
+    assert!(managers.contains("kubectl") && managers.contains("other"), "{managers}");
+    assert_eq!(
+        kubectl
+            .ok(&["get", "aj/firmware-from-url", "-o", "jsonpath={.spec.backoffLimit}"])
+            .await?,
+        "1"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn built_in_kinds_apply_twice_with_strategic_merge() -> TestResult {
+    let (sim, _client) = start().await?;
+    let kubectl = Kubectl::new(&sim)?;
+    let mut deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "gateway", "labels": {"app": "gateway"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "gateway"}},
+            "template": {"metadata": {"labels": {"app": "gateway"}}, "spec": {"containers": [{"name": "gateway", "image": "streamscan:1"}]}},
+        },
+    });
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"a": "1"}});
+    let file = kubectl.write(
+        "objects.json",
+        &json!({"apiVersion": "v1", "kind": "List", "items": [deployment, cm]}),
+    )?;
+    let out = kubectl.ok(&["apply", "-f", path_str(&file)]).await?;
+    assert!(
+        out.contains("deployment.apps/gateway created") && out.contains("configmap/settings created"),
+        "{out}"
+    );
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = json!("streamscan:2");
+    let file = kubectl.write("deployment.json", &deployment)?;
+    let out = kubectl.ok(&["apply", "-f", path_str(&file)]).await?;
+    assert!(out.contains("deployment.apps/gateway configured"), "{out}");
+    let image = kubectl
+        .ok(&[
+            "get",
+            "deploy/gateway",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await?;
+    assert_eq!(image, "streamscan:2");
+    let out = kubectl.ok(&["get", "deploy,cm", "-o", "name"]).await?;
+    assert!(
+        out.contains("deployment.apps/gateway") && out.contains("configmap/settings"),
+        "{out}"
+    );
+    Ok(())
+}
