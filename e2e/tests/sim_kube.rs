@@ -192,6 +192,13 @@ async fn samples_are_accepted_and_invalid_fixtures_refused_with_their_message() 
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
+    // Without fieldValidation, unknown fields are pruned, and defaults are applied.
+    let mut extra = serde_json::to_value(job("pruned", "alice")?)?;
+    extra["spec"]["colour"] = json!("blue");
+    let stored = api
+        .create(&PostParams::default(), &serde_json::from_value(extra)?)
+        .await?;
+    assert!(stored.data["spec"].get("colour").is_none(), "{:?}", stored.data);
     for path in yaml_files(&workspace_root().join("e2e/fixtures/invalid"))? {
         let text = std::fs::read_to_string(&path)?;
         let expected = text
@@ -640,5 +647,105 @@ async fn garbage_collection_background_foreground_and_orphan() -> TestResult {
         .await?;
     namespaces.delete("tmp", &DeleteParams::default()).await?;
     assert_eq!(code_of(in_tmp.get("x").await), Some(404));
+    Ok(())
+}
+
+#[tokio::test]
+async fn streaming_list_watcher_gets_initial_events_then_changes() -> TestResult {
+    let (_sim, client) = start().await?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    cms.create(&PostParams::default(), &config_map("before", json!({}))?)
+        .await?;
+    let mut events = watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut next = async || -> Result<watcher::Event<ConfigMap>, Box<dyn std::error::Error>> {
+        Ok(tokio::time::timeout(WAIT, events.try_next())
+            .await??
+            .ok_or("watcher ended")?)
+    };
+    assert!(matches!(next().await?, watcher::Event::Init));
+    assert!(matches!(next().await?, watcher::Event::InitApply(c) if c.name_any() == "before"));
+    assert!(matches!(next().await?, watcher::Event::InitDone));
+    cms.create(&PostParams::default(), &config_map("after", json!({}))?)
+        .await?;
+    assert!(matches!(next().await?, watcher::Event::Apply(c) if c.name_any() == "after"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn event_recorder_creates_then_patches_a_series() -> TestResult {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (_sim, client) = start().await?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let cm = cms
+        .create(&PostParams::default(), &config_map("subject", json!({}))?)
+        .await?;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "streamscan-controller".into(),
+            instance: None,
+        },
+    );
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Placed".into(),
+        note: Some("on 3".into()),
+        action: "Place".into(),
+        secondary: None,
+    };
+    let reference = cm.object_ref(&());
+    recorder.publish(&event, &reference).await?;
+    recorder.publish(&event, &reference).await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(client);
+    let list = events.list(&ListParams::default()).await?;
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].series.as_ref().map(|s| s.count), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_kube_runtime_controller_reconciles_against_the_simulator() -> TestResult {
+    use kube::runtime::controller::{Action, Controller};
+    use kube::runtime::wait::await_condition;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error(transparent)]
+    struct ReconcileError(#[from] kube::Error);
+
+    async fn reconcile(job: Arc<AnalysisJob>, jobs: Arc<Api<AnalysisJob>>) -> Result<Action, ReconcileError> {
+        let status = json!({"apiVersion": "streamscan.io/v1alpha1", "kind": "AnalysisJob", "status": {"phase": "Pending", "observedGeneration": job.metadata.generation}});
+        jobs.patch_status(
+            &job.name_any(),
+            &PatchParams::apply("streamscan-controller").force(),
+            &Patch::Apply(&status),
+        )
+        .await?;
+        Ok(Action::await_change())
+    }
+
+    let (_sim, client) = start().await?;
+    install_crd(&client).await?;
+    let jobs: Api<AnalysisJob> = Api::default_namespaced(client.clone());
+    let controller = Controller::new(jobs.clone(), watcher::Config::default())
+        .run(
+            reconcile,
+            |_, _: &ReconcileError, _| Action::requeue(Duration::from_secs(1)),
+            Arc::new(jobs.clone()),
+        )
+        .for_each(|_| async {});
+    let running = tokio::spawn(controller);
+    jobs.create(&PostParams::default(), &job("reconciled", "alice")?)
+        .await?;
+    let pending = |j: Option<&AnalysisJob>| {
+        j.and_then(|j| j.status.as_ref())
+            .and_then(|s| s.phase.as_ref())
+            .map(|p| format!("{p:?}"))
+            == Some("Pending".into())
+    };
+    tokio::time::timeout(WAIT, await_condition(jobs.clone(), "reconciled", pending)).await??;
+    running.abort();
     Ok(())
 }

@@ -287,6 +287,16 @@ async fn patch_label_describe_and_delete() -> TestResult {
         .fails(&["patch", aj, "--type=merge", "-p", r#"{"spec":{"backoffLimit":-1}}"#])
         .await?;
     assert!(refused.contains("spec.backoffLimit must be zero or more"), "{refused}");
+    // kubectl asks for strict field validation: unknown fields are refused, not pruned.
+    let mut unknown = documents(&workspace_root().join("manifests/samples/url-job.yaml"))?.remove(0);
+    unknown["spec"]["colour"] = json!("blue");
+    let strict = kubectl
+        .fails(&["apply", "-f", path_str(&kubectl.write("unknown.json", &unknown)?)])
+        .await?;
+    assert!(
+        strict.contains("strict decoding error: unknown field \"spec.colour\""),
+        "{strict}"
+    );
     kubectl.ok(&["label", aj, "streamscan.io/server-id=3"]).await?;
     let selected = kubectl
         .ok(&["get", "aj", "-l", "streamscan.io/server-id=3", "-o", "name"])

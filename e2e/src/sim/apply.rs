@@ -110,6 +110,13 @@ fn merge_into(target: &mut Value, applied: &Value) {
     }
 }
 
+fn strip_nulls(v: &mut Value) {
+    if let Value::Object(map) = v {
+        map.retain(|_, child| !child.is_null());
+        map.values_mut().for_each(strip_nulls);
+    }
+}
+
 fn overlaps(a: &[String], b: &[String]) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
@@ -259,6 +266,8 @@ pub fn server_side_apply(
     let mut entries = read_entries(live);
     // The main endpoint of a kind with a status subresource ignores status, and vice versa.
     let mut applied = applied.clone();
+    // A null in an applied configuration means "not set", not "owned and null".
+    strip_nulls(&mut applied);
     if status_subresource && let Some(map) = applied.as_object_mut() {
         if on_status {
             map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"));
