@@ -749,3 +749,27 @@ async fn a_kube_runtime_controller_reconciles_against_the_simulator() -> TestRes
     running.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn metadata_only_lists_and_watches() -> TestResult {
+    use kube::core::PartialObjectMeta;
+    let (_sim, client) = start().await?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    cms.create(&PostParams::default(), &config_map("m", json!({"big": "data"}))?)
+        .await?;
+    let list = cms.list_metadata(&ListParams::default()).await?;
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(
+        list.items[0].types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+    assert_eq!(cms.get_metadata("m").await?.metadata.name.as_deref(), Some("m"));
+    let metas: Api<PartialObjectMeta<ConfigMap>> = Api::default_namespaced(client.clone());
+    let mut names = watcher(metas, watcher::Config::default()).applied_objects().boxed();
+    let first = tokio::time::timeout(WAIT, names.try_next()).await??.ok_or("ended")?;
+    assert_eq!(first.metadata.name.as_deref(), Some("m"));
+    cms.create(&PostParams::default(), &config_map("n", json!({}))?).await?;
+    let second = tokio::time::timeout(WAIT, names.try_next()).await??.ok_or("ended")?;
+    assert_eq!(second.metadata.name.as_deref(), Some("n"));
+    Ok(())
+}

@@ -18,7 +18,7 @@ use super::discovery;
 use super::error::ApiError;
 use super::patch::PatchKind;
 use super::store::Store;
-use super::table::{table, wants_table};
+use super::table::{Repr, partial, table};
 use super::watch::{WatchRequest, watch};
 
 /// What every handler shares.
@@ -216,7 +216,7 @@ fn route(
         manager: manager(&query, headers),
         query,
     };
-    let as_table = wants_table(headers);
+    let repr = Repr::from_headers(headers);
     tracing::trace!(%method, %uri, "request");
 
     match (method.clone(), req.name.is_some()) {
@@ -224,7 +224,7 @@ fn route(
             store.clone(),
             WatchRequest {
                 req,
-                as_table,
+                repr,
                 bookmark_interval: shared.bookmark_interval,
             },
         ),
@@ -234,7 +234,7 @@ fn route(
         (Method::GET, false) => {
             let inner = store.lock();
             let (items, rv, next) = api::list(&inner, &req)?;
-            if as_table {
+            if repr == Repr::Table {
                 let mut t = table(&req.rt, &items, Some(rv), req.param("includeObject"));
                 if let Some(next) = next {
                     t["metadata"]["continue"] = json!(next);
@@ -244,6 +244,18 @@ fn route(
             let mut metadata = json!({"resourceVersion": rv.to_string()});
             if let Some(next) = next {
                 metadata["continue"] = json!(next);
+            }
+            if repr == Repr::Metadata {
+                let items: Vec<Value> = items.iter().map(partial).collect();
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": metadata,
+                        "items": items,
+                    }),
+                ));
             }
             Ok(json_response(
                 StatusCode::OK,
@@ -257,13 +269,12 @@ fn route(
         }
         (Method::GET, true) => {
             let object = api::get(&store.lock(), &req)?;
-            if as_table {
-                return Ok(json_response(
-                    StatusCode::OK,
-                    &table(&req.rt, &[object], None, req.param("includeObject")),
-                ));
-            }
-            Ok(json_response(StatusCode::OK, &object))
+            let body = match repr {
+                Repr::Table => table(&req.rt, &[object], None, req.param("includeObject")),
+                Repr::Metadata => partial(&object),
+                Repr::Full => object,
+            };
+            Ok(json_response(StatusCode::OK, &body))
         }
         (Method::POST, false) => {
             let written = api::create(&mut store.lock(), &req, parse_body(body)?)?;

@@ -6,13 +6,46 @@ use serde_json::{Value, json};
 
 use super::resources::ResourceType;
 
-/// Whether the client asked for `application/json;as=Table;...`.
-pub fn wants_table(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(axum::http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("as=Table"))
+/// How the client asked to see objects (`Accept: application/json;as=...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repr {
+    Full,
+    /// `as=Table`: what `kubectl get` prints.
+    Table,
+    /// `as=PartialObjectMetadata[List]`: metadata only, as kube's metadata watchers ask.
+    Metadata,
+}
+
+impl Repr {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let accept: Vec<&str> = headers
+            .get_all(axum::http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        // The first representation the client lists wins, as content negotiation goes.
+        for part in accept.iter().flat_map(|v| v.split(',')) {
+            if part.contains("as=Table") {
+                return Self::Table;
+            }
+            if part.contains("as=PartialObjectMetadata") {
+                return Self::Metadata;
+            }
+            if part.trim().starts_with("application/json") || part.trim().starts_with("*/*") {
+                return Self::Full;
+            }
+        }
+        Self::Full
+    }
+}
+
+/// An object reduced to its metadata.
+pub fn partial(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or(json!({})),
+    })
 }
 
 /// `.status.progress.percent` or `.spec.items[0].name` against an object.
@@ -131,11 +164,7 @@ pub fn table(
             let embedded = match include_object {
                 Some("Object") => o.clone(),
                 Some("None") => Value::Null,
-                _ => json!({
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
-                }),
+                _ => partial(o),
             };
             json!({"cells": cells(rt, o), "object": embedded})
         })

@@ -15,12 +15,12 @@ use super::api::{Request, served};
 use super::error::ApiError;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{Change, ChangeType, Store};
-use super::table::table;
+use super::table::{Repr, partial, table};
 
 /// How a watch was asked for.
 pub struct WatchRequest {
     pub req: Request,
-    pub as_table: bool,
+    pub repr: Repr,
     pub bookmark_interval: Duration,
 }
 
@@ -28,7 +28,7 @@ struct Filter {
     req: Request,
     labels: LabelSelector,
     fields: FieldSelector,
-    as_table: bool,
+    repr: Repr,
 }
 
 impl Filter {
@@ -63,10 +63,10 @@ impl Filter {
 
     fn wrap(&self, ty: &str, object: Value) -> Value {
         let object = served(&self.req.rt, object);
-        let object = if self.as_table {
-            table(&self.req.rt, &[object], None, self.req.param("includeObject"))
-        } else {
-            object
+        let object = match self.repr {
+            Repr::Table => table(&self.req.rt, &[object], None, self.req.param("includeObject")),
+            Repr::Metadata => partial(&object),
+            Repr::Full => object,
         };
         json!({"type": ty, "object": object})
     }
@@ -108,7 +108,7 @@ pub fn watch(store: Arc<Store>, w: WatchRequest) -> Result<Response, ApiError> {
         req,
         labels,
         fields,
-        as_table: w.as_table,
+        repr: w.repr,
     };
 
     // Without a version (or with sendInitialEvents) the watch starts with the current objects.
