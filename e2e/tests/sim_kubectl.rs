@@ -413,3 +413,44 @@ async fn built_in_kinds_apply_twice_with_strategic_merge() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn describe_shows_events_a_recorder_published() -> TestResult {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (_sim, client, kubectl) = with_crd().await?;
+    kubectl
+        .ok(&[
+            "apply",
+            "-f",
+            path_str(&workspace_root().join("manifests/samples/url-job.yaml")),
+        ])
+        .await?;
+    let jobs: Api<AnalysisJob> = Api::default_namespaced(client.clone());
+    let job = jobs.get("firmware-from-url").await?;
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "streamscan-controller".into(),
+            instance: None,
+        },
+    );
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Placed".into(),
+        note: Some("pinned to server 3".into()),
+        action: "Place".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &job.object_ref(&())).await?;
+    let described = kubectl.ok(&["describe", "aj/firmware-from-url"]).await?;
+    assert!(
+        described.contains("Placed") && described.contains("pinned to server 3"),
+        "{described}"
+    );
+    let core = kubectl
+        .ok(&["get", "events", "-o", "jsonpath={.items[0].involvedObject.name}"])
+        .await?;
+    assert_eq!(core, "firmware-from-url");
+    Ok(())
+}

@@ -42,7 +42,7 @@ impl Request {
 
     pub fn key(&self, name: &str) -> ObjKey {
         ObjKey {
-            group: self.rt.group.clone(),
+            group: self.rt.storage_group().to_owned(),
             resource: self.rt.resource.clone(),
             namespace: if self.rt.namespaced {
                 self.namespace.clone().unwrap_or_default()
@@ -85,8 +85,19 @@ impl Request {
     }
 }
 
+/// The object as stored: the requested kind, in the storage shape.
+fn stored(rt: &ResourceType, object: Value) -> Value {
+    if super::events::is_events_view(&rt.group, &rt.resource) {
+        return super::events::to_core(object);
+    }
+    served(rt, object)
+}
+
 /// The object as served at the requested version.
 pub fn served(rt: &ResourceType, mut object: Value) -> Value {
+    if super::events::is_events_view(&rt.group, &rt.resource) {
+        return super::events::from_core(object);
+    }
     object["apiVersion"] = Value::String(rt.api_version());
     object["kind"] = Value::String(rt.kind.clone());
     object
@@ -109,7 +120,7 @@ pub fn list(inner: &Inner, req: &Request) -> Result<(Vec<Value>, u64, Option<Str
         None
     };
     let mut items: Vec<Value> = inner
-        .list(&req.rt.group, &req.rt.resource, namespace)
+        .list(req.rt.storage_group(), &req.rt.resource, namespace)
         .into_iter()
         .filter(|o| labels.matches(o) && fields.matches(o))
         .map(|o| served(&req.rt, o.clone()))
@@ -270,7 +281,7 @@ fn commit(
     applied: bool,
 ) -> Result<Written, ApiError> {
     let rt = &req.rt;
-    new = served(rt, new);
+    new = stored(rt, new);
     if !new.get("metadata").is_some_and(Value::is_object) {
         new["metadata"] = json!({});
     }
@@ -398,14 +409,14 @@ fn commit(
     {
         // A no-op write changes nothing, not even the resourceVersion; watches see no event.
         return Ok(Written {
-            object: old.clone(),
+            object: served(rt, old.clone()),
             created: false,
             warnings,
         });
     }
     if req.dry_run() {
         return Ok(Written {
-            object: new,
+            object: served(rt, new),
             created: old.is_none(),
             warnings,
         });
@@ -413,14 +424,14 @@ fn commit(
     if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&new).is_empty() {
         let object = delete::finalize(inner, key, Some(new));
         return Ok(Written {
-            object: object.unwrap_or(Value::Null),
+            object: object.map(|o| served(rt, o)).unwrap_or(Value::Null),
             created: false,
             warnings,
         });
     }
     let object = inner.put(key.clone(), new);
     Ok(Written {
-        object,
+        object: served(rt, object),
         created: old.is_none(),
         warnings,
     })
@@ -548,7 +559,7 @@ pub fn patch(inner: &mut Inner, req: &Request, kind: PatchKind, body: Value) -> 
             ));
         }
         let live = match &existing {
-            Some(o) => o.clone(),
+            Some(o) => served(&req.rt, o.clone()),
             None if req.on_status() => return Err(req.not_found(name)),
             None => json!({"apiVersion": req.rt.api_version(), "kind": req.rt.kind, "metadata": {"name": name}}),
         };
@@ -567,7 +578,7 @@ pub fn patch(inner: &mut Inner, req: &Request, kind: PatchKind, body: Value) -> 
         return commit(inner, req, &key, existing.as_ref(), new, true);
     }
     let old = existing.ok_or_else(|| req.not_found(name))?;
-    let mut new = old.clone();
+    let mut new = served(&req.rt, old.clone());
     apply_patch(kind, &mut new, &body)?;
     let given = match kind {
         PatchKind::Json => new.pointer("/metadata/resourceVersion").cloned(),

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod delete;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod kubelet;
 pub mod patch;
 pub mod resources;

@@ -35,6 +35,15 @@ impl ResourceType {
         }
     }
 
+    /// The group objects are stored under: events.k8s.io Events live with core Events.
+    pub fn storage_group(&self) -> &str {
+        if super::events::is_events_view(&self.group, &self.resource) {
+            ""
+        } else {
+            &self.group
+        }
+    }
+
     /// `pods` or `analysisjobs.streamscan.io`, as error messages name a resource.
     pub fn qualified(&self) -> String {
         if self.group.is_empty() {

@@ -39,7 +39,7 @@ impl Filter {
     /// The watch event for a change, if this watch sees it.
     fn event(&self, change: &Change) -> Option<Value> {
         let rt = &self.req.rt;
-        if change.key.group != rt.group || change.key.resource != rt.resource {
+        if change.key.group != rt.storage_group() || change.key.resource != rt.resource {
             return None;
         }
         if rt.namespaced
@@ -122,7 +122,7 @@ pub fn watch(store: Arc<Store>, w: WatchRequest) -> Result<Response, ApiError> {
                 None
             };
             let objects: Vec<Value> = inner
-                .list(&filter.req.rt.group, &filter.req.rt.resource, ns)
+                .list(filter.req.rt.storage_group(), &filter.req.rt.resource, ns)
                 .into_iter()
                 .filter(|o| filter.matches(o))
                 .cloned()
