@@ -16,6 +16,9 @@ pub struct Ledger {
 #[derive(Debug, Default)]
 pub struct Inner {
     holds: HashMap<String, String>,
+    /// Slots being given up whose release is not written yet: still counted, so a slot is never
+    /// handed to another job before the API shows the previous holder let go of it.
+    releasing: HashMap<String, String>,
     /// (creation time as sortable text, uid) of jobs waiting for capacity, plus their key.
     waiting: BTreeSet<(String, String)>,
     waiting_keys: HashMap<String, (String, WaitingKey)>,
@@ -37,10 +40,10 @@ impl Ledger {
 }
 
 impl Inner {
-    /// Jobs holding a slot on each server, `uid` excluded.
+    /// Slots held on each server (including releases not yet written), `uid` excluded.
     pub fn load_excluding(&self, uid: &str) -> BTreeMap<String, usize> {
         let mut load = BTreeMap::new();
-        for (holder, server) in &self.holds {
+        for (holder, server) in self.holds.iter().chain(&self.releasing) {
             if holder != uid {
                 *load.entry(server.clone()).or_insert(0) += 1;
             }
@@ -48,12 +51,35 @@ impl Inner {
         load
     }
 
-    /// Records what `uid` holds now; returns what it held before.
+    /// Records what `uid` holds now, immediately; returns what it held before.
     pub fn set(&mut self, uid: &str, server: Option<String>) -> Option<String> {
         match server {
             Some(server) => self.holds.insert(uid.to_owned(), server),
             None => self.holds.remove(uid),
         }
+    }
+
+    /// Starts a change of what `uid` holds: a new slot counts at once, a slot given up keeps
+    /// counting until [`Inner::commit`]. Returns what it held before, for [`Inner::rollback`].
+    pub fn begin(&mut self, uid: &str, server: Option<String>) -> Option<String> {
+        let previous = self.set(uid, server.clone());
+        if let Some(prev) = &previous
+            && Some(prev) != server.as_ref()
+        {
+            self.releasing.insert(uid.to_owned(), prev.clone());
+        }
+        previous
+    }
+
+    /// The change is written: a slot given up is free now. Returns whether one was.
+    pub fn commit(&mut self, uid: &str) -> bool {
+        self.releasing.remove(uid).is_some()
+    }
+
+    /// The change could not be written: `uid` holds what it held before.
+    pub fn rollback(&mut self, uid: &str, previous: Option<String>) {
+        self.releasing.remove(uid);
+        self.set(uid, previous);
     }
 
     pub fn holding(&self, uid: &str) -> Option<&str> {
@@ -68,6 +94,7 @@ impl Inner {
     /// Drops holders that no longer exist.
     pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
         self.holds.retain(|uid, _| exists(uid));
+        self.releasing.retain(|uid, _| exists(uid));
         let gone: Vec<String> = self.waiting_keys.keys().filter(|uid| !exists(uid)).cloned().collect();
         for uid in gone {
             self.unwait(&uid);
@@ -129,6 +156,31 @@ mod tests {
         assert_eq!(l.load(), BTreeMap::from([("0".into(), 1), ("1".into(), 1)]));
         l.retain(|uid| uid != "c");
         assert_eq!(l.load(), BTreeMap::from([("0".into(), 1)]));
+    }
+
+    #[test]
+    fn a_slot_given_up_counts_until_the_release_is_written() {
+        let ledger = Ledger::default();
+        let mut l = ledger.lock();
+        l.set("a", Some("0".into()));
+        // a moves from server 0 to 1: both count until the move is written.
+        assert_eq!(l.begin("a", Some("1".into())), Some("0".into()));
+        assert_eq!(
+            l.load_excluding("b"),
+            BTreeMap::from([("0".into(), 1), ("1".into(), 1)])
+        );
+        assert!(l.commit("a"));
+        assert_eq!(l.load_excluding("b"), BTreeMap::from([("1".into(), 1)]));
+        // a finishes, but the write fails: it holds server 1 again.
+        assert_eq!(l.begin("a", None), Some("1".into()));
+        assert_eq!(l.load_excluding("b"), BTreeMap::from([("1".into(), 1)]));
+        l.rollback("a", Some("1".into()));
+        assert_eq!(l.holding("a"), Some("1"));
+        assert!(!l.commit("a"));
+        // Acquiring counts at once, and there is nothing to release.
+        assert_eq!(l.begin("c", Some("2".into())), None);
+        assert_eq!(l.load_excluding("b").get("2"), Some(&1));
+        assert!(!l.commit("c"));
     }
 
     #[test]

@@ -115,15 +115,16 @@ pub async fn reconcile(job: Arc<AnalysisJob>, ctx: Arc<Context>) -> Result<Actio
             new_event_id: &event_id,
         };
         let decision = decide(&observed, &ctx.settings);
-        let previous = ledger.set(&uid, decision.holds.clone());
+        let previous = ledger.begin(&uid, decision.holds.clone());
         (decision, previous)
     };
 
     if let Err(err) = write(&job, &decision, &api).await {
-        ctx.ledger.lock().set(&uid, previous);
+        ctx.ledger.lock().rollback(&uid, previous);
         return Err(err);
     }
-    after_write(&job, &uid, &decision, previous.as_deref(), &ctx).await;
+    let released = ctx.ledger.lock().commit(&uid);
+    after_write(&job, &uid, &decision, released, &ctx).await;
 
     if decision.delete {
         tracing::info!(job = %job.name_any(), "ttlSecondsAfterFinished passed; deleting");
@@ -173,15 +174,27 @@ async fn ensure_seeded(ctx: &Context) -> Result<(), Error> {
         .map(|_| ())
 }
 
-/// Writes the decision: the finalizer, then the status (guarded by resourceVersion, so a
-/// decision made from a stale cache is refused and made again), then the label.
+/// Writes the decision: the finalizer, the label, then the status, each guarded by the
+/// resourceVersion the decision was made from, so a decision made from a stale cache is refused
+/// (409) and made again. The label goes before the status so that a job whose status says
+/// Scheduled always carries its server's label.
 async fn write(job: &AnalysisJob, d: &Decision, api: &Api<AnalysisJob>) -> Result<(), Error> {
     let name = job.name_any();
     let mut resource_version = job.resource_version();
+    let mut metadata = serde_json::Map::new();
     if d.add_finalizer {
         let mut finalizers = job.finalizers().to_vec();
         finalizers.push(FINALIZER_RESULTS.to_owned());
-        let patch = json!({"metadata": {"resourceVersion": resource_version, "finalizers": finalizers}});
+        metadata.insert("finalizers".into(), json!(finalizers));
+    }
+    if let Some(server) = &d.label
+        && job.labels().get(LABEL_SERVER_ID) != Some(server)
+    {
+        metadata.insert("labels".into(), json!({LABEL_SERVER_ID: server}));
+    }
+    if !metadata.is_empty() {
+        metadata.insert("resourceVersion".into(), json!(resource_version));
+        let patch = json!({"metadata": metadata});
         let updated = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         resource_version = updated.resource_version();
     }
@@ -196,12 +209,6 @@ async fn write(job: &AnalysisJob, d: &Decision, api: &Api<AnalysisJob>) -> Resul
             ..Default::default()
         };
         api.patch_status(&name, &params, &Patch::Merge(&patch)).await?;
-    }
-    if let Some(server) = &d.label
-        && job.labels().get(LABEL_SERVER_ID) != Some(server)
-    {
-        let patch = json!({"metadata": {"labels": {LABEL_SERVER_ID: server}}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     }
     Ok(())
 }
@@ -227,7 +234,7 @@ fn controller_fields(status: &AnalysisJobStatus) -> Value {
 }
 
 /// Bookkeeping after a successful write: wake waiting jobs, Events, metrics.
-async fn after_write(job: &AnalysisJob, uid: &str, d: &Decision, previous: Option<&str>, ctx: &Context) {
+async fn after_write(job: &AnalysisJob, uid: &str, d: &Decision, released: bool, ctx: &Context) {
     let waiting = d.status.phase == Some(Phase::Pending) && d.holds.is_none() && !job.is_suspended();
     {
         let mut ledger = ctx.ledger.lock();
@@ -247,7 +254,7 @@ async fn after_write(job: &AnalysisJob, uid: &str, d: &Decision, previous: Optio
             ledger.unwait(uid);
         }
     }
-    if previous.is_some() && d.holds.as_deref() != previous {
+    if released {
         wake_waiting(ctx);
     }
     let first_placement = d.status.attempt == Some(1)
