@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 # System packages the tests use: name of the command -> Debian package.
 # (Later: [redis-server]=redis-server for the gateway's tests.)
-declare -A packages=()
+declare -A packages=(
+  # helm/tests/run.sh: the chart, manifest, Dockerfile and kind-script checks.
+  [python3]=python3 [pip3]=python3-pip [shellcheck]=shellcheck
+)
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${packages[$cmd]}")
 done
@@ -31,4 +34,9 @@ if ! command -v kubectl >/dev/null 2>&1; then
   exit 2
 fi
 
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+
+# The Helm chart, manifests/, the Dockerfile and e2e/kind/ (installs its Python packages itself).
+if [ $# -eq 0 ]; then
+  helm/tests/run.sh
+fi

@@ -1,0 +1,482 @@
+"""Checks the Helm chart, the plain manifests, the Dockerfile and the kind scripts.
+
+Run by scripts/test.sh (which installs what this needs); alone: `python3 helm/tests/check_chart.py`.
+Every check prints one line; the script exits 1 if any failed.
+
+What is proven here and how:
+- the chart's CRD is crds/analysisjob.yaml byte for byte; values.schema.json is what
+  gen_schema.py writes;
+- `helm lint` (Helm's Go library through helm-sdkpy);
+- the chart renders and installs (Helm's real install action) into the Kubernetes API simulator
+  with its defaults and with non-default values; every rendered object is checked against the
+  Kubernetes v1.33 schemas (kubernetes-validate, strict: unknown fields refused);
+- values.schema.json refuses bad values, through Helm itself, naming the offending value;
+- hardening, labels, annotations, downward-API env and memory sizing of the pods;
+- RBAC: the rendered rules are exactly the calls each binary makes (table CALLS below);
+- manifests/install.yaml equals the chart rendered with manifests/values.yaml, `kubectl apply -f`
+  of it into a fresh simulator creates every object, and the samples are then accepted;
+  `kubectl kustomize manifests/` yields the same objects;
+- e2e/kind/*.sh and manifests/generate.sh pass `bash -n` and shellcheck; the Dockerfile passes hadolint.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import traceback
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import helmlib  # noqa: E402
+
+helmlib.ensure_env()
+
+import yaml  # noqa: E402
+
+ROOT = helmlib.ROOT
+CHART = helmlib.CHART
+K8S_VERSION = "1.33.0"
+FAILURES: list[str] = []
+
+REQUIRED = {"kafka": {"bootstrap": "kafka.streamscan.svc:9092"}, "redis": {"url": "redis://redis.streamscan.svc:6379"}}
+
+NON_DEFAULT = {
+    "fullnameOverride": "scan",
+    "watchNamespace": "analyses",
+    "image": {
+        "operator": {"repository": "registry.example.com/streamscan/operator", "tag": "1.2.3"},
+        "worker": {"repository": "registry.example.com/streamscan/worker",
+                   "digest": "sha256:" + "a" * 64},
+        "pullPolicy": "Always",
+    },
+    "imagePullSecrets": [{"name": "regcred"}],
+    "commonLabels": {"team": "security"},
+    "logFormat": "text",
+    "kafka": {
+        "bootstrap": "my-cluster-kafka-bootstrap.kafka.svc:9093,other:9093",
+        "topic": "scans.progress",
+        "securityProtocol": "sasl_ssl",
+        "caSecret": "my-cluster-cluster-ca-cert",
+        "worker": {"userSecret": "streamscan-worker", "sasl": {"username": "streamscan-worker"}},
+        "gateway": {"userSecret": "streamscan-gateway"},
+        "sasl": {"mechanism": "SCRAM-SHA-512"},
+    },
+    "redis": {"url": "rediss://redis.example.com:6380/2", "passwordSecret": "redis-auth"},
+    "internalToken": {"existingSecret": "my-token"},
+    "controller": {"replicas": 3, "leaseDurationSeconds": 20, "extraArgs": ["--cleanup-attempts=7"],
+                   "nodeSelector": {"kubernetes.io/os": "linux"}, "priorityClassName": "system-cluster-critical"},
+    "gateway": {"replicas": 1, "service": {"type": "LoadBalancer", "port": 443},
+                "auth": {"jwtSecret": "jwks", "jwtSecretKey": "public.pem", "jwtAlgorithm": "ES256",
+                         "jwtIssuer": "https://id.example.com", "jwtAudience": "streamscan"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "scan", "effect": "NoSchedule"}]},
+    "worker": {"replicas": 5, "maxReplicas": 8, "capacity": 8, "httpPort": 9090,
+               "poolLabels": {"streamscan.io/pool": "large"},
+               "dataVolume": {"size": "500Gi", "storageClassName": "fast-ssd"},
+               "sourceVolume": {"enabled": True, "claimName": "firmware-images"},
+               "resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "4", "memory": "2Gi"}},
+               "pdb": {"maxUnavailable": 2},
+               "selfLabelPolicy": {"enabled": True}},
+    "networkPolicy": {"enabled": True,
+                      "gatewayIngressFrom": [{"namespaceSelector": {"matchLabels": {"ingress": "true"}}}],
+                      "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+}
+
+# Values values.schema.json must refuse, and a fragment Helm's message must contain.
+BAD_VALUES = [
+    ({"worker": {"replicas": 0}}, "worker/replicas"),
+    ({"worker": {"capacity": 0}}, "worker/capacity"),
+    ({"controller": {"replicas": 0}}, "controller/replicas"),
+    ({"kafka": {"bootstrap": ""}}, "kafka/bootstrap"),
+    ({"kafka": {"bootstrap": "no-port-here"}}, "kafka/bootstrap"),
+    ({"redis": {"url": "http://redis:6379"}}, "redis/url"),
+    ({"kafka": {"securityProtocol": "tls"}}, "kafka/securityProtocol"),
+    ({"image": {"worker": {"repository": "x", "tag": 1.0}}}, "image/worker/tag"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "image/pullPolicy"),
+    ({"worker": {"sourceVolume": {"enabled": True}}}, "worker/sourceVolume/claimName"),
+    ({"worker": {"replicaz": 3}}, "replicaz"),
+    ({"securityContext": {"readOnlyRootFilesystem": False}}, "securityContext/readOnlyRootFilesystem"),
+    ({"gateway": {"auth": {"jwtAlgorithm": "none"}}}, "gateway/auth/jwtAlgorithm"),
+]
+
+# The API calls each binary makes, read from its code (the only source of these rules):
+# component -> scope -> {(apiGroup, resource): verbs}. "jobs" scope: cluster-wide, or the
+# watchNamespace; "local": the release namespace.
+CALLS = {
+    # operator/src/controller: run.rs (Controller on AnalysisJobs = list+watch; pod reflector with
+    # --worker-namespace = list+watch in the release namespace; kube-lease-manager get/create/patch;
+    # Recorder = events.k8s.io create, patch for series), reconcile.rs (patch: server label and
+    # finalizer; patch_status; delete after TTL). No get: every read comes from the caches.
+    "controller": {
+        "jobs": {("streamscan.io", "analysisjobs"): {"list", "watch", "patch", "delete"},
+                 ("streamscan.io", "analysisjobs/status"): {"patch"},
+                 ("events.k8s.io", "events"): {"create", "patch"}},
+        "local": {("", "pods"): {"list", "watch"},
+                  ("coordination.k8s.io", "leases"): {"get", "create", "patch"}},
+    },
+    # worker serve (docs/internal-contracts.md): watches jobs labelled with its serverId
+    # (list+watch, get to re-read one), merge-patches status.execution/progress/result; labels its
+    # own pod streamscan.io/server-id at startup (patch, limited to the StatefulSet's pod names).
+    "worker": {
+        "jobs": {("streamscan.io", "analysisjobs"): {"get", "list", "watch"},
+                 ("streamscan.io", "analysisjobs/status"): {"patch"}},
+        "local": {("", "pods"): {"patch"}},
+    },
+    # gateway: POST /v1/jobs creates the CR; list/get/watch users' jobs; cancel = patch
+    # spec.cancel; status.download = patch on /status; routes to the worker pod by label (get/list).
+    "gateway": {
+        "jobs": {("streamscan.io", "analysisjobs"): {"create", "get", "list", "watch", "patch"},
+                 ("streamscan.io", "analysisjobs/status"): {"patch"}},
+        "local": {("", "pods"): {"get", "list"}},
+    },
+}
+
+
+def check(name: str):
+    def wrap(fn):
+        try:
+            fn()
+            print(f"ok    {name}")
+        except Exception as exc:  # noqa: BLE001
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            print(f"FAIL  {name}: {detail}")
+            FAILURES.append(name)
+        return fn
+    return wrap
+
+
+def docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def find(objs, kind, name=None):
+    hits = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert hits, f"no {kind} {name or ''} rendered"
+    return hits[0]
+
+
+def validate_k8s(objs: list[dict]) -> None:
+    import kubernetes_validate  # noqa: PLC0415
+    errors = []
+    for obj in objs:
+        kind = obj["kind"]
+        if kind == "ServiceMonitor":
+            # No Kubernetes schema: check the fields Prometheus Operator requires.
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+            assert obj["spec"]["selector"]["matchLabels"] and obj["spec"]["endpoints"][0]["port"]
+            continue
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{kind}/{obj['metadata']['name']}: {e.message} at {'/'.join(map(str, e.path))}")
+    assert not errors, "; ".join(errors)
+
+
+def rbac_rules(objs: list[dict], release_ns: str, watch_ns: str | None, fullname: str) -> dict:
+    """component -> scope -> {(group, resource): verbs}, from the rendered Roles/ClusterRoles,
+    following the bindings to the component's ServiceAccount."""
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+             for o in objs if o["kind"] in ("Role", "ClusterRole")}
+    out: dict = {}
+    resource_names: dict = {}
+    for b in (o for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        (subject,) = b["subjects"]
+        assert subject["kind"] == "ServiceAccount" and subject["namespace"] == release_ns
+        component = subject["name"].removeprefix(f"{fullname}-")
+        ns = b["metadata"].get("namespace")
+        role = roles[(b["roleRef"]["kind"], ns if b["roleRef"]["kind"] == "Role" else None, b["roleRef"]["name"])]
+        if b["kind"] == "ClusterRoleBinding":
+            assert watch_ns is None, f"{b['metadata']['name']}: cluster-wide binding despite watchNamespace"
+            scope = "jobs"
+        elif ns == release_ns and b["metadata"]["name"] == f"{fullname}-{component}":
+            scope = "local"
+        else:
+            assert ns == watch_ns, f"{b['metadata']['name']} in unexpected namespace {ns}"
+            scope = "jobs"
+        for rule in role["rules"]:
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    key = (g, r)
+                    out.setdefault(component, {}).setdefault(scope, {}).setdefault(key, set()).update(rule["verbs"])
+                    if "resourceNames" in rule:
+                        resource_names[(component, key)] = rule["resourceNames"]
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+    return out, resource_names
+
+
+def expected_calls(watch_ns: str | None, release_ns: str) -> dict:
+    exp = json.loads(json.dumps({c: {s: {f"{g}|{r}": sorted(v) for (g, r), v in rules.items()}
+                                     for s, rules in scopes.items()} for c, scopes in CALLS.items()}))
+    if watch_ns and watch_ns != release_ns:
+        # Events about worker pods (DuplicateServerId) are recorded in the release namespace.
+        exp["controller"]["local"]["events.k8s.io|events"] = ["create", "patch"]
+    return exp
+
+
+def normalise(rules: dict) -> dict:
+    return {c: {s: {f"{g}|{r}": sorted(v) for (g, r), v in rs.items()} for s, rs in scopes.items()}
+            for c, scopes in rules.items()}
+
+
+def check_rendered(objs: list[dict], values: dict, release_ns: str, fullname: str) -> None:
+    watch_ns = values.get("watchNamespace") or None
+    got, names = rbac_rules(objs, release_ns, watch_ns, fullname)
+    want = expected_calls(watch_ns, release_ns)
+    assert normalise(got) == want, f"RBAC differs from the calls table:\n got  {normalise(got)}\n want {want}"
+    w = values["worker"] if "worker" in values else {}
+    replicas, max_replicas = w.get("replicas", 3), w.get("maxReplicas", 0)
+    assert names[("worker", ("", "pods"))] == [f"{fullname}-worker-{i}" for i in range(max(replicas, max_replicas))]
+    assert len(names) == 1, f"unexpected resourceNames rules: {names}"
+
+    # Hardened pods.
+    for kind in ("Deployment", "StatefulSet"):
+        for o in (x for x in objs if x["kind"] == kind):
+            spec = o["spec"]["template"]["spec"]
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+            for c in spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+                assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True
+                assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]
+                assert c["livenessProbe"] and c["readinessProbe"]
+                env = {e["name"]: e for e in c.get("env", [])}
+                assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+                assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+    ctrl = find(objs, "Deployment", f"{fullname}-controller")
+    assert ctrl["spec"]["replicas"] == values.get("controller", {}).get("replicas", 2)
+    args = ctrl["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "controller" and "--leader-election=true" in args
+    assert f"--lease-namespace={release_ns}" in args and f"--worker-namespace={release_ns}" in args
+
+    sts = find(objs, "StatefulSet", f"{fullname}-worker")
+    pod = sts["spec"]["template"]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    port = w.get("httpPort", 8080)
+    assert pod["metadata"]["annotations"]["streamscan.io/http-port"] == str(port)
+    assert pod["metadata"]["annotations"]["streamscan.io/capacity"] == str(w.get("capacity", 4))
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["STREAMSCAN_SERVER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert "/var/lib/streamscan" in mounts and "/tmp" in mounts
+    if w.get("sourceVolume", {}).get("enabled"):
+        assert mounts["/sources"]["readOnly"] is True
+    if "resources" not in w:
+        cap = w.get("capacity", 4)
+        assert c["resources"]["limits"]["memory"] == f"{128 + 64 * cap}Mi"
+    headless = find(objs, "Service", f"{fullname}-worker")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
+    # The controller's worker selector matches the worker pods.
+    sel = next(a for a in args if a.startswith("--worker-selector=")).split("=", 1)[1]
+    for term in sel.split(","):
+        k, v = term.split("=")
+        assert pod["metadata"]["labels"][k] == v, f"worker selector {term} does not match the pods"
+    for o in objs:
+        if o["kind"] == "PodDisruptionBudget":
+            assert o["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+def main() -> int:
+    @check("chart CRD equals crds/analysisjob.yaml")
+    def _():
+        assert (CHART / "crds" / "analysisjob.yaml").read_bytes() == (ROOT / "crds" / "analysisjob.yaml").read_bytes(), \
+            "copy crds/analysisjob.yaml to helm/streamscan/crds/"
+
+    @check("values.schema.json is generated by gen_schema.py")
+    def _():
+        import gen_schema  # noqa: PLC0415
+        assert (CHART / "values.schema.json").read_text() == gen_schema.TEXT, "run python3 helm/tests/gen_schema.py"
+
+    @check("values.yaml satisfies values.schema.json (with the required addresses)")
+    def _():
+        import jsonschema  # noqa: PLC0415
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        values = merge(yaml.safe_load((CHART / "values.yaml").read_text()), REQUIRED)
+        jsonschema.validate(values, schema)
+        errs = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(yaml.safe_load((CHART / "values.yaml").read_text()))]
+        assert errs, "the defaults alone must be refused (kafka.bootstrap and redis.url are required)"
+
+    sim = helmlib.Sim(helmlib.kube_sim_binary())
+    try:
+        @check("helm lint (chart defaults fail on the required values; with them set: clean)")
+        def _():
+            # helm-sdkpy's Lint takes no values (no `--set`): lint a copy whose values.yaml has the
+            # required addresses. Lint messages come back without text (Go errors marshal as {}):
+            # severities 1 info, 2 warning, 3 error.
+            import shutil  # noqa: PLC0415
+            import tempfile  # noqa: PLC0415
+            result = helmlib.lint(sim)
+            errs = [m["Path"] for m in result.get("Messages") or [] if m.get("Severity", 0) >= 3]
+            assert errs == ["values.yaml", "templates/"], f"defaults alone: {result}"
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = pathlib.Path(tmp) / "streamscan"
+                shutil.copytree(CHART, copy)
+                values = merge(yaml.safe_load((CHART / "values.yaml").read_text()), REQUIRED)
+                (copy / "values.yaml").write_text(yaml.safe_dump(values))
+                result = helmlib.lint(sim, copy)
+            bad = [m for m in result.get("Messages") or [] if m.get("Severity", 0) >= 2]
+            assert not result.get("Errors") and not bad, f"lint: {result}"
+
+        rendered = {}
+
+        @check("chart installs into the simulator with default values (+ required addresses)")
+        def _():
+            rendered["default"] = docs(helmlib.render(sim, "streamscan", "streamscan", REQUIRED))
+
+        @check("chart installs into the simulator with non-default values")
+        def _():
+            # ServiceMonitor and ValidatingAdmissionPolicy are not served by the simulator:
+            # stand-in CRDs let Helm install them (their schemas are checked below).
+            for group, plural, kind, scope in [
+                ("monitoring.coreos.com", "servicemonitors", "ServiceMonitor", "Namespaced"),
+                ("admissionregistration.k8s.io", "validatingadmissionpolicies", "ValidatingAdmissionPolicy", "Cluster"),
+                ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", "Cluster"),
+            ]:
+                version = "v1"
+                sim.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": f"{plural}.{group}"},
+                    "spec": {"group": group, "scope": scope,
+                             "names": {"plural": plural, "kind": kind, "singular": kind.lower()},
+                             "versions": [{"name": version, "served": True, "storage": True, "schema": {
+                                 "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}))
+            sim.kubectl("apply", "-f", "-", input="apiVersion: v1\nkind: Namespace\nmetadata:\n  name: analyses\n")
+            rendered["non-default"] = docs(helmlib.render(sim, "other", "scans", NON_DEFAULT))
+
+        @check("rendered objects (default) match the Kubernetes v1.33 schemas (strict)")
+        def _():
+            validate_k8s(rendered["default"])
+
+        @check("rendered objects (non-default) match the Kubernetes v1.33 schemas (strict)")
+        def _():
+            validate_k8s(rendered["non-default"])
+            kinds = {o["kind"] for o in rendered["non-default"]}
+            assert {"NetworkPolicy", "ServiceMonitor", "ValidatingAdmissionPolicy", "Role"} <= kinds, kinds
+            assert "ClusterRole" not in kinds, "watchNamespace set: no ClusterRole"
+
+        @check("CRD object matches the v1.33 CustomResourceDefinition schema")
+        def _():
+            validate_k8s(docs((CHART / "crds" / "analysisjob.yaml").read_text()))
+
+        @check("default render: RBAC equals the calls table, hardening, worker identity, sizing")
+        def _():
+            check_rendered(rendered["default"], REQUIRED, "streamscan", "streamscan")
+
+        @check("non-default render: RBAC (watchNamespace) equals the calls table, hardening, worker identity")
+        def _():
+            check_rendered(rendered["non-default"], NON_DEFAULT, "scans", "scan")
+            objs = rendered["non-default"]
+            gw = find(objs, "Deployment", "scan-gateway")["spec"]["template"]["spec"]
+            args = gw["containers"][0]["args"]
+            assert "--kafka-security-protocol=sasl_ssl" in args
+            assert "--kafka-ca-file=/var/run/secrets/streamscan/kafka-ca/ca.crt" in args
+            assert "--kafka-cert-file=/var/run/secrets/streamscan/kafka-user/user.crt" in args
+            wk = find(objs, "StatefulSet", "scan-worker")["spec"]["template"]["spec"]
+            wargs = wk["containers"][0]["args"]
+            assert "--kafka-username=streamscan-worker" in wargs and "--kafka-password-file=/var/run/secrets/streamscan/kafka-user/password" in wargs
+            vols = {v["name"]: v for v in wk["volumes"]}
+            assert vols["kafka-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+            assert vols["kafka-user"]["secret"]["items"] == [{"key": "password", "path": "password"}]
+            assert vols["internal-token"]["secret"]["secretName"] == "my-token"
+            assert wk["containers"][0]["image"] == "registry.example.com/streamscan/worker@sha256:" + "a" * 64
+            assert not [o for o in objs if o["kind"] == "Secret"], "existingSecret: the chart creates no Secret"
+
+        @check("values.schema.json refuses bad values through Helm, naming the value")
+        def _():
+            problems = []
+            for i, (bad, fragment) in enumerate(BAD_VALUES):
+                try:
+                    helmlib.install(sim, f"bad{i}", "bad", merge(REQUIRED, bad))
+                    problems.append(f"{bad} was accepted")
+                except Exception as e:  # noqa: BLE001
+                    msg = str(e)
+                    if "values don't meet the specifications of the schema" not in msg or fragment not in msg:
+                        problems.append(f"{bad}: message {msg!r} does not name {fragment}")
+            try:
+                helmlib.install(sim, "bad-required", "bad", {})
+                problems.append("no kafka.bootstrap/redis.url was accepted")
+            except Exception as e:  # noqa: BLE001
+                if "kafka/bootstrap" not in str(e) or "redis/url" not in str(e):
+                    problems.append(f"missing required values: {e}")
+            assert not problems, "; ".join(problems)
+    finally:
+        sim.stop()
+
+    with helmlib.Sim(helmlib.kube_sim_binary()) as fresh:
+        @check("manifests/install.yaml equals the chart rendered with manifests/values.yaml")
+        def _():
+            text = helmlib.manifests_text(fresh)
+            assert (helmlib.MANIFESTS / "install.yaml").read_text() == text, "run manifests/generate.sh"
+
+    with helmlib.Sim(helmlib.kube_sim_binary()) as fresh:
+        @check("kubectl apply -f manifests/install.yaml creates every object in the simulator; samples accepted")
+        def _():
+            path = helmlib.MANIFESTS / "install.yaml"
+            n = sum(1 for d in docs(path.read_text()))
+            out = fresh.kubectl("apply", "-f", str(path), check=False)
+            assert out.returncode == 0, out.stderr
+            created = [ln for ln in out.stdout.splitlines() if ln.endswith(" created")]
+            assert len(created) == n, f"{len(created)} of {n} objects created:\n{out.stdout}\n{out.stderr}"
+            again = fresh.kubectl("apply", "-f", str(path))
+            assert all(ln.endswith(" unchanged") or ln.endswith(" configured") for ln in again.stdout.splitlines()), again.stdout
+            samples = fresh.kubectl("-n", "streamscan", "apply", "-f", str(helmlib.MANIFESTS / "samples"), check=False)
+            assert samples.returncode == 0, samples.stderr
+            listed = fresh.kubectl("-n", "streamscan", "get", "aj", "-o", "name").stdout.split()
+            assert len(listed) == 3, listed
+
+    @check("kubectl kustomize manifests/ yields the objects of install.yaml")
+    def _():
+        out = subprocess.run(["kubectl", "kustomize", str(helmlib.MANIFESTS)], capture_output=True, text=True, check=True).stdout
+        key = lambda o: (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])  # noqa: E731
+        a = sorted(map(key, docs(out)))
+        b = sorted(map(key, docs((helmlib.MANIFESTS / "install.yaml").read_text())))
+        assert a == b
+
+    scripts = sorted((ROOT / "e2e" / "kind").glob("*.sh")) + [ROOT / "manifests" / "generate.sh"]
+
+    @check("bash -n and shellcheck: " + " ".join(str(p.relative_to(ROOT)) for p in scripts))
+    def _():
+        assert scripts and (ROOT / "e2e" / "kind" / "run.sh") in scripts
+        for p in scripts:
+            subprocess.run(["bash", "-n", str(p)], check=True)
+        r = subprocess.run(["shellcheck", "--severity=style", "-x", *map(str, scripts)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    @check("hadolint Dockerfile")
+    def _():
+        r = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    @check("README's install section runs what e2e/kind/run.sh runs")
+    def _():
+        readme = (ROOT / "README.md").read_text()
+        m = re.search(r"^## Install on a cluster\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
+        assert m, "README.md has no '## Install on a cluster' section"
+        run = (ROOT / "e2e" / "kind" / "run.sh").read_text()
+        for block in re.findall(r"```sh\n(.*?)```", m.group(1), re.S):
+            for line in block.splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    assert line in run, f"README command not in e2e/kind/run.sh: {line}"
+
+    if FAILURES:
+        print(f"{len(FAILURES)} chart check(s) failed")
+        return 1
+    print("all chart checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
