@@ -41,6 +41,17 @@ def kube_sim_binary() -> pathlib.Path:
     return target / "debug" / "kube-sim"
 
 
+def binaries() -> dict[str, pathlib.Path]:
+    """Debug builds of streamscan-operator and streamscan-worker (STREAMSCAN_BIN_DIR, or built)."""
+    if os.environ.get("STREAMSCAN_BIN_DIR"):
+        d = pathlib.Path(os.environ["STREAMSCAN_BIN_DIR"])
+    else:
+        subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", "streamscan-operator", "-p", "streamscan-worker",
+                        "--bin", "streamscan-operator", "--bin", "streamscan-worker"], cwd=ROOT, check=True)
+        d = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+    return {"operator": d / "streamscan-operator", "worker": d / "streamscan-worker"}
+
+
 class Sim:
     """A kube-sim process with its kubeconfig; stop() or use as a context manager."""
 

@@ -142,10 +142,6 @@ helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
-{{- if .Values.watchNamespace }}
-- name: STREAMSCAN_JOB_NAMESPACE
-  value: {{ .Values.watchNamespace | quote }}
-{{- end }}
 {{- end -}}
 
 {{- define "streamscan.podSecurityContext" -}}
@@ -183,36 +179,37 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
-{{/* RBAC rules on AnalysisJobs, bound cluster-wide or in watchNamespace only:
-     (dict "ctx" . "component" "worker" "rules" (list ...)) rendered by streamscan.jobRbac */}}
+{{/* Namespace of the AnalysisJobs: watchNamespace, else the release namespace. */}}
+{{- define "streamscan.jobNamespace" -}}
+{{- default .Release.Namespace .Values.watchNamespace -}}
+{{- end -}}
+
+{{/* RBAC rules on AnalysisJobs, a Role in the jobs' namespace:
+     (dict "ctx" . "component" "worker" "rules" "...") */}}
 {{- define "streamscan.jobRbac" -}}
 {{- $fullname := include "streamscan.fullname" .ctx -}}
 {{- $name := printf "%s-%s-jobs" $fullname .component -}}
-{{- $kind := ternary "Role" "ClusterRole" (ne .ctx.Values.watchNamespace "") -}}
+{{- $ns := include "streamscan.jobNamespace" .ctx -}}
 apiVersion: rbac.authorization.k8s.io/v1
-kind: {{ $kind }}
+kind: Role
 metadata:
   name: {{ $name }}
-  {{- if .ctx.Values.watchNamespace }}
-  namespace: {{ .ctx.Values.watchNamespace }}
-  {{- end }}
+  namespace: {{ $ns }}
   labels:
     {{- include "streamscan.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
 rules:
 {{ .rules }}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
-kind: {{ $kind }}Binding
+kind: RoleBinding
 metadata:
   name: {{ $name }}
-  {{- if .ctx.Values.watchNamespace }}
-  namespace: {{ .ctx.Values.watchNamespace }}
-  {{- end }}
+  namespace: {{ $ns }}
   labels:
     {{- include "streamscan.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
 roleRef:
   apiGroup: rbac.authorization.k8s.io
-  kind: {{ $kind }}
+  kind: Role
   name: {{ $name }}
 subjects:
   - kind: ServiceAccount
