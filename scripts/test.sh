@@ -11,6 +11,9 @@ declare -A packages=(
   # helm/tests/run.sh: the chart, manifest, Dockerfile and kind-script checks.
   [python3]=python3 [pip3]=python3-pip [shellcheck]=shellcheck
 )
+# rdkafka's bundled librdkafka with TLS and SASL (worker, gateway) builds against OpenSSL.
+packages[pkg-config]=pkg-config
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${packages[$cmd]}")
 done

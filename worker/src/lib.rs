@@ -2,4 +2,5 @@
 //! pinned AnalysisJobs in a worker pod.
 
 pub mod engine;
+pub mod runtime;
 pub mod scan;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use streamscan_worker::engine::report;
 use streamscan_worker::scan::{self, EXIT_ERROR, ScanArgs};
@@ -33,7 +33,7 @@ enum Command {
         write: bool,
     },
     /// Run as the analysis server of one worker pod.
-    Serve,
+    Serve(Box<streamscan_worker::runtime::ServeArgs>),
 }
 
 fn report_schema(write: bool) -> Result<()> {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     let outcome = match Cli::parse().command {
         Command::Scan(args) => scan::run(args),
         Command::ReportSchema { write } => report_schema(write).map(|()| ExitCode::SUCCESS),
-        Command::Serve => (|| bail!("serve: the worker runtime is not implemented yet"))(),
+        Command::Serve(args) => streamscan_worker::runtime::run::run(*args).map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,

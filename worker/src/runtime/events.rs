@@ -1,0 +1,314 @@
+//! Progress events to Kafka: one idempotent, transactional producer per attempt, with
+//! `transactional.id = streamscan-<analyzeId>` so a newer attempt's producer fences an older one.
+//!
+//! The engine never waits for Kafka: events go into a bounded in-memory queue that a publisher
+//! thread drains, committing one transaction per batch. While Kafka is down the queue fills and
+//! the analysis goes on; when the queue is full, [`EventQueue::send`] blocks and so pauses the
+//! job (backpressure) instead of dropping events. After each commit the stream position
+//! (next seq, last bytes) is persisted, so a restarted worker continues the stream with neither
+//! gap nor repeat: events not yet committed at a crash are aborted by the next producer's
+//! `init_transactions` and sent again with the same seqs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use sha2::{Digest, Sha256};
+use streamscan_api::ProgressEvent;
+use streamscan_api::event::{CLOUDEVENTS_TYPE, headers};
+
+use crate::engine::hex;
+
+/// Events per transaction at most.
+const BATCH: usize = 256;
+/// One Kafka call's patience; calls are retried until the publisher is abandoned.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// A newer producer with the same transactional id exists: this attempt is stale.
+    #[error("the event producer was fenced by a newer attempt: {0}")]
+    Fenced(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// The publisher stopped (fenced or abandoned); the job must stop.
+    #[error("the event publisher has stopped")]
+    Closed,
+}
+
+/// What the publisher needs to know about the attempt.
+#[derive(Clone, Debug)]
+pub struct StreamInfo {
+    pub topic: String,
+    pub namespace: String,
+    pub name: String,
+    pub analyze_id: String,
+    pub server_id: String,
+}
+
+/// The sending side: cheap to use from the engine's blocking thread.
+#[derive(Clone)]
+pub struct EventQueue {
+    tx: SyncSender<ProgressEvent>,
+}
+
+impl EventQueue {
+    /// Queues an event; blocks while the queue is full (the job pauses).
+    pub fn send(&self, event: ProgressEvent) -> Result<(), EventsError> {
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(event)) => {
+                tracing::info!(analyze_id = %event.analyze_id, "event buffer full: pausing the job until Kafka catches up");
+                self.tx.send(event).map_err(|_| EventsError::Closed)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(EventsError::Closed),
+        }
+    }
+}
+
+/// The publisher of one attempt's events.
+pub struct Publisher {
+    queue: Option<EventQueue>,
+    abandon: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), EventsError>>>,
+}
+
+/// Called after each committed transaction with (next seq, bytes of the last event).
+pub type OnCommit = Box<dyn FnMut(u64, u64) + Send>;
+
+impl Publisher {
+    /// Starts the producer thread. `config` holds the connection settings (bootstrap, TLS, SASL).
+    pub fn start(
+        config: &ClientConfig,
+        info: StreamInfo,
+        buffer: usize,
+        on_commit: OnCommit,
+    ) -> Result<Self, EventsError> {
+        let mut config = config.clone();
+        config
+            .set("transactional.id", format!("streamscan-{}", info.analyze_id))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("transaction.timeout.ms", "60000")
+            .set("message.timeout.ms", "60000");
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            config.create().map_err(|e| EventsError::Kafka(e.to_string()))?;
+        let (tx, rx) = sync_channel(buffer.max(1));
+        let abandon = Arc::new(AtomicBool::new(false));
+        let flag = abandon.clone();
+        let thread = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || publish(producer, info, rx, flag, on_commit))
+            .map_err(|e| EventsError::Kafka(format!("starting the publisher thread: {e}")))?;
+        Ok(Publisher {
+            queue: Some(EventQueue { tx }),
+            abandon,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn queue(&self) -> Option<EventQueue> {
+        self.queue.clone()
+    }
+
+    /// Closes the queue and waits until every queued event is committed.
+    pub fn finish(mut self) -> Result<(), EventsError> {
+        self.queue = None;
+        self.join()
+    }
+
+    /// Stops at once: what is not committed yet is dropped (the attempt is stale, or time is up).
+    pub fn abandon(mut self) {
+        self.abandon.store(true, Ordering::SeqCst);
+        self.queue = None;
+        let _ = self.join();
+    }
+
+    /// A flag that, once set, makes the publisher give up waiting for Kafka.
+    pub fn abandon_flag(&self) -> Arc<AtomicBool> {
+        self.abandon.clone()
+    }
+
+    fn join(&mut self) -> Result<(), EventsError> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| EventsError::Kafka("the publisher thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.abandon.store(true, Ordering::SeqCst);
+            self.queue = None;
+            let _ = self.join();
+        }
+    }
+}
+
+/// The CloudEvents and trace headers of one event.
+pub fn event_headers(info: &StreamInfo, event: &ProgressEvent) -> Vec<(&'static str, String)> {
+    // One trace per attempt, one span per event: derived, so a restarted worker agrees.
+    let trace = Sha256::digest(event.event_id.as_bytes());
+    let span = Sha256::digest(event.cloudevent_id().as_bytes());
+    vec![
+        (headers::SPEC_VERSION, "1.0".into()),
+        (headers::ID, event.cloudevent_id()),
+        (headers::SOURCE, format!("/streamscan/servers/{}", info.server_id)),
+        (headers::TYPE, CLOUDEVENTS_TYPE.into()),
+        (headers::TIME, event.timestamp.to_string()),
+        (headers::SUBJECT, format!("{}/{}", info.namespace, info.name)),
+        (headers::CONTENT_TYPE, "application/json".into()),
+        (
+            headers::TRACEPARENT,
+            format!("00-{}-{}-01", hex::encode(&trace[..16]), hex::encode(&span[..8])),
+        ),
+    ]
+}
+
+fn is_fatal(e: &KafkaError) -> Option<String> {
+    match e {
+        KafkaError::Transaction(t) if t.is_fatal() => Some(t.to_string()),
+        _ if e.rdkafka_error_code() == Some(RDKafkaErrorCode::ProducerFenced) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+fn requires_abort(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.txn_requires_abort())
+}
+
+fn publish(
+    producer: ThreadedProducer<DefaultProducerContext>,
+    info: StreamInfo,
+    rx: Receiver<ProgressEvent>,
+    abandon: Arc<AtomicBool>,
+    mut on_commit: OnCommit,
+) -> Result<(), EventsError> {
+    let gave_up = || EventsError::Kafka("gave up waiting for Kafka".into());
+    // Retries a transactional call until it works, is fatal, or the publisher is abandoned.
+    let retry = |what: &str, call: &dyn Fn() -> Result<(), KafkaError>| -> Result<(), EventsError> {
+        loop {
+            match call() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if let Some(fatal) = is_fatal(&e) {
+                        return Err(EventsError::Fenced(fatal));
+                    }
+                    if abandon.load(Ordering::SeqCst) {
+                        return Err(gave_up());
+                    }
+                    tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka {what} failed; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    };
+    retry("init_transactions", &|| producer.init_transactions(CALL_TIMEOUT))?;
+    let mut batch: Vec<ProgressEvent> = Vec::with_capacity(BATCH);
+    loop {
+        if batch.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(e) => batch.push(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    if abandon.load(Ordering::SeqCst) {
+                        return Err(gave_up());
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+        }
+        // One transaction per batch; on an abortable error, abort and send the batch again.
+        loop {
+            retry("begin_transaction", &|| producer.begin_transaction())?;
+            if let Err(e) = batch
+                .iter()
+                .try_for_each(|event| send(&producer, &info, event, &abandon))
+            {
+                if matches!(e, EventsError::Fenced(_)) || abandon.load(Ordering::SeqCst) {
+                    return Err(e);
+                }
+                tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka send failed; aborting the transaction and sending again");
+                retry("abort_transaction", &|| producer.abort_transaction(CALL_TIMEOUT))?;
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            match producer.commit_transaction(CALL_TIMEOUT) {
+                Ok(()) => break,
+                Err(e) => {
+                    if let Some(fatal) = is_fatal(&e) {
+                        return Err(EventsError::Fenced(fatal));
+                    }
+                    if requires_abort(&e) {
+                        tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka transaction aborted; sending the batch again");
+                        retry("abort_transaction", &|| producer.abort_transaction(CALL_TIMEOUT))?;
+                        continue;
+                    }
+                    // Retriable (e.g. a timeout while brokers are down): commit again.
+                    tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka commit failed; retrying");
+                    retry("commit_transaction", &|| producer.commit_transaction(CALL_TIMEOUT))?;
+                    break;
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            on_commit(last.seq + 1, last.bytes_processed);
+        }
+        batch.clear();
+    }
+    Ok(())
+}
+
+fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    info: &StreamInfo,
+    event: &ProgressEvent,
+    abandon: &AtomicBool,
+) -> Result<(), EventsError> {
+    let payload = serde_json::to_vec(event).map_err(|e| EventsError::Kafka(format!("encoding an event: {e}")))?;
+    let mut hdrs = OwnedHeaders::new();
+    for (key, value) in event_headers(info, event) {
+        hdrs = hdrs.insert(Header {
+            key,
+            value: Some(value.as_str()),
+        });
+    }
+    let mut record = BaseRecord::to(&info.topic)
+        .key(event.key())
+        .payload(&payload)
+        .headers(hdrs);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                if abandon.load(Ordering::SeqCst) {
+                    return Err(EventsError::Kafka("gave up waiting for Kafka".into()));
+                }
+                record = r;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((e, _)) => {
+                return Err(match is_fatal(&e) {
+                    Some(fatal) => EventsError::Fenced(fatal),
+                    None => EventsError::Kafka(e.to_string()),
+                });
+            }
+        }
+    }
+}

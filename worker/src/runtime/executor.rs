@@ -1,0 +1,760 @@
+//! Runs one attempt: waits for a slot (holding no memory meanwhile), opens the source, runs the
+//! engine in `spawn_blocking`, emits events, writes checkpoints, status and the result, and
+//! ends with exactly one of COMPLETED, FAILED or CANCELLED (or nothing, when the attempt became
+//! stale or the worker is shutting down).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use rdkafka::ClientConfig;
+use streamscan_api::{
+    AnalysisJob, AnalyzerName, EVENT_VERSION, EventStatus, ExecutionState, ProgressEvent, ResultSummary, Source,
+};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::decide::AttemptId;
+use super::events::{EventQueue, EventsError, OnCommit, Publisher, StreamInfo};
+use super::sources::{self, Opened, SourceError, Throttled, UploadNotify, UrlOptions};
+use super::status::{Failure, Snapshot, StatusWriter, progress_due};
+use super::store::{SavedCheckpoint, Store, StreamState};
+use crate::engine::analyzers::{AnalyzerConfig, build};
+use crate::engine::pipeline::{CancelToken, Checkpoint, EngineError, Hooks, Options, Progress, Scan, ScanResult};
+use crate::engine::report::Report;
+use crate::engine::sink::DEFAULT_FINDING_CAP;
+
+/// Why a running attempt is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StopReason {
+    None = 0,
+    /// `spec.cancel`: roll back and report CANCELLED.
+    Cancel = 1,
+    /// The attempt is no longer ours: stop without reporting.
+    Stale = 2,
+    /// SIGTERM: keep the checkpoint, flush the events, report nothing (the restarted worker resumes).
+    Shutdown = 3,
+}
+
+/// How the watch loop steers a running attempt.
+#[derive(Default)]
+pub struct Control {
+    token: CancellationToken,
+    engine: CancelToken,
+    reason: AtomicU8,
+}
+
+impl Control {
+    /// Asks the attempt to stop; the first reason given wins.
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self
+            .reason
+            .compare_exchange(StopReason::None as u8, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        self.engine.cancel();
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> StopReason {
+        match self.reason.load(Ordering::SeqCst) {
+            1 => StopReason::Cancel,
+            2 => StopReason::Stale,
+            3 => StopReason::Shutdown,
+            _ => StopReason::None,
+        }
+    }
+}
+
+/// Process-wide metrics of the runtime.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub running: Gauge,
+    pub started: Counter,
+    pub succeeded: Counter,
+    pub failed: Counter,
+    pub cancelled: Counter,
+    pub bytes: Counter,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("streamscan_worker");
+        r.register("jobs_running", "Attempts analysing now", self.running.clone());
+        r.register("jobs_started", "Attempts started or resumed", self.started.clone());
+        r.register(
+            "jobs_succeeded",
+            "Attempts that stored a result",
+            self.succeeded.clone(),
+        );
+        r.register("jobs_failed", "Attempts that failed", self.failed.clone());
+        r.register(
+            "jobs_cancelled",
+            "Attempts cancelled and rolled back",
+            self.cancelled.clone(),
+        );
+        r.register("bytes_analysed", "Source bytes analysed", self.bytes.clone());
+    }
+}
+
+/// What every attempt shares.
+pub struct Shared {
+    pub server_id: String,
+    pub store: Store,
+    pub jobs: Api<AnalysisJob>,
+    pub kafka: ClientConfig,
+    pub topic: String,
+    pub http: reqwest::Client,
+    pub permits: Arc<Semaphore>,
+    pub uploads: UploadNotify,
+    pub metrics: Metrics,
+    pub analyzers: AnalyzerConfig,
+    pub source_root: std::path::PathBuf,
+    pub event_buffer: usize,
+    pub chunk_size: usize,
+    pub checkpoint_every: u64,
+    pub throttle: Option<u64>,
+    pub progress_interval: Duration,
+    pub upload_wait: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The job fields an attempt needs.
+#[derive(Clone, Debug)]
+pub struct JobInfo {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub user_id: String,
+    pub source: Source,
+    pub analyzers: Option<Vec<AnalyzerName>>,
+    pub attempt: AttemptId,
+}
+
+impl JobInfo {
+    pub fn of(job: &AnalysisJob, attempt: AttemptId) -> Option<Self> {
+        Some(JobInfo {
+            uid: job.metadata.uid.clone()?,
+            name: job.metadata.name.clone()?,
+            namespace: job.metadata.namespace.clone().unwrap_or_default(),
+            user_id: job.spec.user_id.clone(),
+            source: job.spec.source.clone(),
+            analyzers: job.spec.analyzers.clone(),
+            attempt,
+        })
+    }
+}
+
+/// Numbers events without gaps and rate-limits PROGRESS.
+struct Emitter {
+    queue: EventQueue,
+    template: ProgressEvent,
+    seq: u64,
+    /// Bytes of the last event sent (committed before a restart, or sent since).
+    last_bytes: u64,
+    last_progress: Option<(Instant, Snapshot)>,
+    interval: Duration,
+}
+
+impl Emitter {
+    fn emit(
+        &mut self,
+        status: EventStatus,
+        processed: u64,
+        edit: impl FnOnce(&mut ProgressEvent),
+    ) -> Result<(), EventsError> {
+        let mut event = self.template.clone();
+        event.status = status;
+        event.seq = self.seq;
+        event.bytes_processed = processed;
+        event.timestamp = jiff::Timestamp::now();
+        edit(&mut event);
+        if let Some(total) = event.total_bytes
+            && event.bytes_processed > total
+        {
+            event.total_bytes = Some(event.bytes_processed);
+        }
+        self.queue.send(event)?;
+        self.seq += 1;
+        self.last_bytes = processed;
+        Ok(())
+    }
+
+    /// PROGRESS as often as the CR's progress, and never backwards (after a resume from an
+    /// older checkpoint, the bytes already reported are not reported again).
+    fn progress(&mut self, snap: &Snapshot) -> Result<(), EventsError> {
+        if snap.processed <= self.last_bytes {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if progress_due(self.last_progress, now, snap, self.interval) {
+            self.last_progress = Some((now, *snap));
+            let total = snap.total;
+            self.emit(EventStatus::Progress, snap.processed, |e| e.total_bytes = total)?;
+        }
+        Ok(())
+    }
+}
+
+fn engine_failure(e: &EngineError) -> Failure {
+    let (reason, retriable) = match e {
+        EngineError::Io { .. } => ("SourceReadFailed", true),
+        EngineError::Analyzer(crate::engine::AnalyzerError::Retriable { .. }) => ("AnalyzerUnavailable", true),
+        EngineError::BadCheckpoint(_) => ("BadCheckpoint", true),
+        EngineError::Panicked => ("AnalysisFailed", true),
+        _ => ("AnalysisFailed", false),
+    };
+    Failure {
+        reason: reason.into(),
+        message: e.to_string(),
+        retriable,
+    }
+}
+
+fn source_failure(e: SourceError) -> Failure {
+    Failure {
+        reason: e.reason.into(),
+        message: e.message,
+        retriable: e.retriable,
+    }
+}
+
+fn selected(job: &JobInfo, shared: &Shared) -> Vec<AnalyzerName> {
+    let mut names: Vec<AnalyzerName> = match &job.analyzers {
+        Some(list) => list.clone(),
+        None => AnalyzerName::ALL
+            .into_iter()
+            .filter(|a| *a != AnalyzerName::Model || shared.analyzers.model.is_some())
+            .collect(),
+    };
+    // The expected digest is checked against the digest analyzer's SHA-256, which also
+    // survives a resume through its checkpoint.
+    if job.source.expected_sha256().is_some() {
+        names.push(AnalyzerName::Digest);
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// How an attempt ended here.
+enum Outcome {
+    Succeeded,
+    Failed,
+    Stopped(StopReason),
+}
+
+/// Runs one attempt to its end. `control` stops it.
+pub async fn run(shared: Arc<Shared>, job: JobInfo, control: Arc<Control>) {
+    let permit = tokio::select! {
+        p = shared.permits.clone().acquire_owned() => p,
+        _ = control.token.cancelled() => {
+            if control.reason() == StopReason::Cancel {
+                cancel_idle(&shared, &job).await;
+            }
+            return;
+        }
+    };
+    let Ok(_permit) = permit else { return };
+    shared.metrics.running.inc();
+    shared.metrics.started.inc();
+    let outcome = attempt(&shared, &job, &control).await;
+    shared.metrics.running.dec();
+    match outcome {
+        Outcome::Succeeded => shared.metrics.succeeded.inc(),
+        Outcome::Failed => shared.metrics.failed.inc(),
+        Outcome::Stopped(StopReason::Cancel) => shared.metrics.cancelled.inc(),
+        Outcome::Stopped(_) => 0,
+    };
+}
+
+fn template(shared: &Shared, job: &JobInfo) -> ProgressEvent {
+    ProgressEvent {
+        version: EVENT_VERSION,
+        user_id: job.user_id.clone(),
+        event_id: job.attempt.event_id.clone(),
+        server_id: shared.server_id.clone(),
+        analyze_id: job.uid.clone(),
+        namespace: job.namespace.clone(),
+        name: job.name.clone(),
+        attempt: u32::try_from(job.attempt.attempt).unwrap_or(1),
+        status: EventStatus::Started,
+        seq: 0,
+        bytes_processed: 0,
+        total_bytes: None,
+        timestamp: jiff::Timestamp::now(),
+        reason: None,
+        message: None,
+        retriable: None,
+        result: None,
+    }
+}
+
+/// Starts the attempt's publisher, continuing the stream where its last commit left it.
+fn publisher(shared: &Shared, job: &JobInfo) -> Result<(Publisher, Emitter), EventsError> {
+    let stream = shared.store.load_stream(&job.uid, &job.attempt);
+    let store = shared.store.clone();
+    let (uid, attempt) = (job.uid.clone(), job.attempt.clone());
+    let on_commit: OnCommit = Box::new(move |next_seq, last_bytes| {
+        let state = StreamState {
+            attempt: attempt.attempt,
+            event_id: attempt.event_id.clone(),
+            next_seq,
+            last_bytes,
+        };
+        if let Err(err) = store.save_stream(&uid, &state) {
+            tracing::warn!(%err, "cannot record the event stream position");
+        }
+    });
+    let info = StreamInfo {
+        topic: shared.topic.clone(),
+        namespace: job.namespace.clone(),
+        name: job.name.clone(),
+        analyze_id: job.uid.clone(),
+        server_id: shared.server_id.clone(),
+    };
+    let publisher = Publisher::start(&shared.kafka, info, shared.event_buffer, on_commit)?;
+    let queue = publisher.queue().ok_or(EventsError::Closed)?;
+    let emitter = Emitter {
+        queue,
+        template: template(shared, job),
+        seq: stream.next_seq,
+        last_bytes: stream.last_bytes,
+        last_progress: None,
+        interval: shared.progress_interval,
+    };
+    Ok((publisher, emitter))
+}
+
+/// Sends the last event of the attempt and waits until it is committed.
+async fn finish_stream(
+    mut emitter: Emitter,
+    publisher: Publisher,
+    status: EventStatus,
+    processed: u64,
+    edit: impl FnOnce(&mut ProgressEvent) + Send + 'static,
+) -> Result<(), EventsError> {
+    tokio::task::spawn_blocking(move || {
+        if emitter.seq == 0 {
+            emitter.emit(EventStatus::Started, 0, |_| {})?;
+        }
+        emitter.emit(status, processed, edit)?;
+        drop(emitter);
+        publisher.finish()
+    })
+    .await
+    .map_err(|_| EventsError::Closed)?
+}
+
+/// Cancel of an attempt that is not running here: roll back, CANCELLED, `Cancelled`.
+pub async fn cancel_idle(shared: &Shared, job: &JobInfo) {
+    let writer = StatusWriter::new(shared.jobs.clone(), job.name.clone(), job.attempt.clone());
+    match publisher(shared, job) {
+        Ok((publisher, emitter)) => {
+            let processed = emitter.last_bytes;
+            if let Err(err) =
+                finish_stream(emitter, publisher, EventStatus::Cancelled, processed, cancelled_event).await
+            {
+                tracing::warn!(%err, job = %job.name, "cannot send the CANCELLED event");
+            }
+        }
+        Err(err) => tracing::warn!(%err, job = %job.name, "cannot send the CANCELLED event"),
+    }
+    if let Err(err) = shared.store.rollback(&job.uid) {
+        tracing::warn!(%err, job = %job.name, "rollback incomplete");
+    }
+    if let Err(err) = writer.ended(ExecutionState::Cancelled, &cancelled_failure()).await {
+        tracing::warn!(%err, job = %job.name, "cannot write the cancellation");
+    }
+    shared.metrics.cancelled.inc();
+}
+
+fn cancelled_failure() -> Failure {
+    Failure {
+        reason: streamscan_api::names::reason::CANCELLED.into(),
+        message: "cancelled on request; the partial work was deleted".into(),
+        retriable: false,
+    }
+}
+
+fn cancelled_event(e: &mut ProgressEvent) {
+    let f = cancelled_failure();
+    e.reason = Some(f.reason);
+    e.message = Some(f.message);
+}
+
+async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: CancelToken) -> Result<Opened, SourceError> {
+    let source = &job.source;
+    if let Some(url) = &source.url {
+        return sources::open_url(
+            shared.http.clone(),
+            url.location.clone(),
+            offset,
+            UrlOptions::default(),
+            cancel,
+        )
+        .await;
+    }
+    if let Some(volume) = &source.volume {
+        let path = sources::resolve_volume_path(&shared.source_root, &volume.path)?;
+        let what = format!("volume path {:?}", volume.path);
+        return tokio::task::spawn_blocking(move || sources::open_file(&path, offset, &what))
+            .await
+            .map_err(|e| SourceError::retriable("SourceReadFailed", e.to_string()))?;
+    }
+    if source.upload.is_some() {
+        let path = shared
+            .store
+            .upload_path(&job.uid)
+            .map_err(|e| SourceError::fatal("UnsupportedInput", e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + shared.upload_wait;
+        loop {
+            // Register before checking, so an upload finishing in between is not missed.
+            let notified = shared.uploads.notified();
+            if path.exists() {
+                break;
+            }
+            tracing::info!(job = %job.name, "waiting for the upload");
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(SourceError::fatal(
+                    "UploadMissing",
+                    format!("no upload arrived within {} s", shared.upload_wait.as_secs()),
+                ));
+            }
+        }
+        return sources::open_file(&path, offset, "the uploaded file");
+    }
+    Err(SourceError::fatal("UnsupportedInput", "the job names no source"))
+}
+
+async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) -> Outcome {
+    let writer = StatusWriter::new(shared.jobs.clone(), job.name.clone(), job.attempt.clone());
+    let checkpoint = shared.store.load_checkpoint(&job.uid, &job.attempt);
+    let offset = checkpoint.as_ref().map_or(0, |c| c.offset);
+    match offset {
+        0 => tracing::info!(job = %job.name, attempt = job.attempt.attempt, "starting the analysis"),
+        _ => {
+            tracing::info!(job = %job.name, attempt = job.attempt.attempt, offset, "resuming from checkpoint at byte {offset}")
+        }
+    }
+    if let Err(err) = writer.running(checkpoint.as_ref().map(|c| c.offset)).await {
+        tracing::warn!(%err, job = %job.name, "cannot write the Running state");
+    }
+    let (publisher, mut emitter) = match publisher(shared, job) {
+        Ok(p) => p,
+        Err(err) => {
+            let failure = Failure {
+                reason: "EventsUnavailable".into(),
+                message: err.to_string(),
+                retriable: true,
+            };
+            let _ = writer.ended(ExecutionState::Failed, &failure).await;
+            return Outcome::Failed;
+        }
+    };
+    let opened = match open_source(shared, job, offset, control.engine.clone()).await {
+        Ok(o) => o,
+        Err(e) => {
+            let failure = source_failure(e);
+            return fail(shared, job, &writer, emitter, publisher, offset, failure).await;
+        }
+    };
+    if control.reason() != StopReason::None {
+        return stopped(shared, job, &writer, emitter, publisher, control.reason(), offset).await;
+    }
+
+    let (snap_tx, snap_rx) = watch::channel(Snapshot {
+        processed: offset,
+        total: opened.total,
+        rate: 0,
+        checkpoint: checkpoint.as_ref().map(|c| c.offset),
+    });
+    let progress_task = tokio::spawn(super::status::progress_loop(
+        writer.clone(),
+        snap_rx,
+        shared.progress_interval,
+    ));
+    let names = selected(job, shared);
+    let blocking = {
+        let shared = shared.clone();
+        let job = job.clone();
+        let control = control.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = scan(
+                &shared,
+                &job,
+                &control,
+                names,
+                checkpoint,
+                opened,
+                &snap_tx,
+                &mut emitter,
+            );
+            (result, emitter)
+        })
+    };
+    let (result, emitter) = match blocking.await {
+        Ok(r) => r,
+        Err(_) => {
+            progress_task.abort();
+            let failure = engine_failure(&EngineError::Panicked);
+            let _ = writer.ended(ExecutionState::Failed, &failure).await;
+            publisher.abandon();
+            return Outcome::Failed;
+        }
+    };
+    // The sender went with the blocking closure: the progress loop writes its last snapshot and ends.
+    let _ = progress_task.await;
+    let processed = emitter.last_bytes;
+    match result {
+        Ok(result) => succeed(shared, job, &writer, emitter, publisher, result).await,
+        Err(EngineError::Cancelled { processed }) => {
+            stopped(shared, job, &writer, emitter, publisher, control.reason(), processed).await
+        }
+        Err(e) if control.reason() != StopReason::None => {
+            tracing::debug!(error = %e, "the engine stopped on request");
+            stopped(shared, job, &writer, emitter, publisher, control.reason(), processed).await
+        }
+        Err(e) => {
+            let failure = engine_failure(&e);
+            fail(shared, job, &writer, emitter, publisher, processed, failure).await
+        }
+    }
+}
+
+/// The engine run, on a blocking thread.
+#[allow(clippy::too_many_arguments)]
+fn scan(
+    shared: &Shared,
+    job: &JobInfo,
+    control: &Control,
+    names: Vec<AnalyzerName>,
+    checkpoint: Option<Checkpoint>,
+    opened: Opened,
+    snap_tx: &watch::Sender<Snapshot>,
+    emitter: &mut Emitter,
+) -> Result<ScanResult, EngineError> {
+    let analyzers = names
+        .iter()
+        .map(|&n| build(n, &shared.analyzers))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = Options {
+        chunk_size: shared.chunk_size,
+        checkpoint_every: Some(shared.checkpoint_every),
+        total: opened.total,
+        ..Options::default()
+    };
+    let scan = match &checkpoint {
+        Some(c) => Scan::resume(analyzers, options, c)?,
+        None => Scan::new(analyzers, options)?,
+    };
+    if emitter.seq == 0 {
+        let total = opened.total;
+        if emitter
+            .emit(EventStatus::Started, 0, |e| e.total_bytes = total)
+            .is_err()
+        {
+            control.stop(StopReason::Stale);
+        }
+    }
+    let reader: Box<dyn std::io::Read + Send> = match shared.throttle {
+        Some(rate) => Box::new(Throttled::new(opened.reader, rate, control.engine.clone())),
+        None => opened.reader,
+    };
+    let started = Instant::now();
+    let start_offset = checkpoint.as_ref().map_or(0, |c| c.offset);
+    let mut last_counted = start_offset;
+    let hooks = Hooks {
+        progress: Some(Box::new(|p: Progress| {
+            shared.metrics.bytes.inc_by(p.processed.saturating_sub(last_counted));
+            last_counted = last_counted.max(p.processed);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            snap_tx.send_modify(|s| {
+                s.processed = p.processed;
+                s.total = p.total.or(s.total);
+                s.rate = (p.processed.saturating_sub(start_offset) as f64 / secs) as u64;
+            });
+            let snap = *snap_tx.borrow();
+            if let Err(err) = emitter.progress(&snap) {
+                // Fenced: a newer attempt owns the stream; this one must stop silently.
+                tracing::warn!(%err, job = %job.name, "events cannot be sent; stopping the attempt");
+                control.stop(StopReason::Stale);
+            }
+        })),
+        checkpoint: Some(Box::new(|c: &Checkpoint| {
+            let saved = SavedCheckpoint {
+                attempt: job.attempt.attempt,
+                event_id: job.attempt.event_id.clone(),
+                checkpoint: c.clone(),
+            };
+            match shared.store.save_checkpoint(&job.uid, &saved) {
+                Ok(()) => {
+                    tracing::debug!(job = %job.name, offset = c.offset, "checkpoint written");
+                    snap_tx.send_modify(|s| s.checkpoint = Some(c.offset));
+                }
+                Err(err) => tracing::warn!(%err, job = %job.name, "cannot write a checkpoint"),
+            }
+        })),
+        cancel: control.engine.clone(),
+    };
+    scan.run(reader, hooks)
+}
+
+async fn succeed(
+    shared: &Shared,
+    job: &JobInfo,
+    writer: &StatusWriter,
+    emitter: Emitter,
+    publisher: Publisher,
+    result: ScanResult,
+) -> Outcome {
+    let bytes = result.bytes;
+    let sha = result
+        .summaries
+        .get(&AnalyzerName::Digest)
+        .and_then(|s| s.get("sha256"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    if let Some(expected) = job.source.expected_sha256()
+        && sha.as_deref().is_none_or(|got| !got.eq_ignore_ascii_case(expected))
+    {
+        let failure = Failure {
+            reason: "DigestMismatch".into(),
+            message: format!(
+                "the file's SHA-256 is {}, the job expects {expected}",
+                sha.as_deref().unwrap_or("unknown")
+            ),
+            retriable: false,
+        };
+        return fail(shared, job, writer, emitter, publisher, bytes, failure).await;
+    }
+    let source = match (&job.source.url, &job.source.volume, &job.source.upload) {
+        (Some(u), _, _) => u.location.clone(),
+        (_, Some(v), _) => v.path.clone(),
+        (_, _, Some(u)) => u.file_name.clone().unwrap_or_else(|| "upload".into()),
+        _ => String::new(),
+    };
+    let report = Report::new(result, source, jiff::Timestamp::now(), DEFAULT_FINDING_CAP);
+    let store = shared.store.clone();
+    let uid = job.uid.clone();
+    let stored = tokio::task::spawn_blocking(move || store.write_result(&uid, &report).map(|s| (s, report)))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let (stored, report) = match stored {
+        Ok(s) => s,
+        Err(message) => {
+            let failure = Failure {
+                reason: "ResultNotStored".into(),
+                message,
+                retriable: true,
+            };
+            return fail(shared, job, writer, emitter, publisher, bytes, failure).await;
+        }
+    };
+    let summary = ResultSummary {
+        bytes: i64::try_from(report.bytes).unwrap_or(i64::MAX),
+        sha256: report.digests.sha256.clone(),
+        findings: report.severity_counts(),
+        report_digest: stored.digest,
+        report_size: i64::try_from(stored.size).unwrap_or(i64::MAX),
+        server_id: shared.server_id.clone(),
+    };
+    let in_event = summary.clone();
+    if let Err(err) = finish_stream(emitter, publisher, EventStatus::Completed, bytes, move |e| {
+        e.total_bytes = Some(bytes);
+        e.result = Some(in_event);
+    })
+    .await
+    {
+        // Fenced: a newer attempt exists; this result is not ours to report.
+        tracing::warn!(%err, job = %job.name, "cannot send COMPLETED; not reporting the result");
+        let _ = shared.store.delete_result(&job.uid);
+        return Outcome::Stopped(StopReason::Stale);
+    }
+    if let Err(err) = writer.succeeded(&summary).await {
+        tracing::warn!(%err, job = %job.name, "cannot write the result summary");
+    }
+    if let Err(err) = shared.store.clear_work(&job.uid) {
+        tracing::warn!(%err, job = %job.name, "cannot delete the checkpoint");
+    }
+    tracing::info!(job = %job.name, bytes, digest = %summary.report_digest, "analysis succeeded");
+    Outcome::Succeeded
+}
+
+async fn fail(
+    shared: &Shared,
+    job: &JobInfo,
+    writer: &StatusWriter,
+    emitter: Emitter,
+    publisher: Publisher,
+    processed: u64,
+    failure: Failure,
+) -> Outcome {
+    tracing::warn!(job = %job.name, reason = %failure.reason, retriable = failure.retriable, "analysis failed: {}", failure.message);
+    let f = failure.clone();
+    if let Err(err) = finish_stream(emitter, publisher, EventStatus::Failed, processed, move |e| {
+        e.reason = Some(f.reason);
+        e.message = Some(f.message);
+        e.retriable = Some(f.retriable);
+    })
+    .await
+    {
+        tracing::warn!(%err, job = %job.name, "cannot send FAILED");
+    }
+    let _ = shared.store.delete_result(&job.uid);
+    if let Err(err) = shared.store.clear_work(&job.uid) {
+        tracing::warn!(%err, job = %job.name, "cannot delete the checkpoint");
+    }
+    if let Err(err) = writer.ended(ExecutionState::Failed, &failure).await {
+        tracing::warn!(%err, job = %job.name, "cannot write the failure");
+    }
+    Outcome::Failed
+}
+
+async fn stopped(
+    shared: &Shared,
+    job: &JobInfo,
+    writer: &StatusWriter,
+    emitter: Emitter,
+    publisher: Publisher,
+    reason: StopReason,
+    processed: u64,
+) -> Outcome {
+    match reason {
+        StopReason::Cancel => {
+            tracing::info!(job = %job.name, processed, "cancelled; rolling back");
+            if let Err(err) =
+                finish_stream(emitter, publisher, EventStatus::Cancelled, processed, cancelled_event).await
+            {
+                tracing::warn!(%err, job = %job.name, "cannot send CANCELLED");
+            }
+            // After the last commit, which records the stream position on disk.
+            if let Err(err) = shared.store.rollback(&job.uid) {
+                tracing::warn!(%err, job = %job.name, "rollback incomplete");
+            }
+            if let Err(err) = writer.ended(ExecutionState::Cancelled, &cancelled_failure()).await {
+                tracing::warn!(%err, job = %job.name, "cannot write the cancellation");
+            }
+        }
+        StopReason::Shutdown => {
+            // Keep the checkpoint for the restarted worker; deliver what is queued if Kafka lets us in time.
+            drop(emitter);
+            let abandon = publisher.abandon_flag();
+            let flush = tokio::task::spawn_blocking(move || publisher.finish());
+            if tokio::time::timeout(shared.shutdown_grace, flush).await.is_err() {
+                abandon.store(true, Ordering::SeqCst);
+            }
+            tracing::info!(job = %job.name, processed, "stopped for shutdown; the checkpoint is kept");
+        }
+        StopReason::Stale | StopReason::None => {
+            tracing::info!(job = %job.name, "the attempt is no longer this server's; stopped");
+            drop(emitter);
+            let _ = tokio::task::spawn_blocking(move || publisher.abandon()).await;
+            let _ = shared.store.clear_work(&job.uid);
+        }
+    }
+    Outcome::Stopped(reason)
+}

@@ -1,0 +1,234 @@
+//! The worker's HTTP service (see `docs/internal-contracts.md`): results download and delete,
+//! streaming uploads, probes and metrics. Everything but the probes and metrics needs the
+//! internal bearer token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::sources::UploadNotify;
+use super::store::{Store, check_id};
+use crate::engine::hex;
+
+/// Header carrying the SHA-256 of the compressed report on download.
+pub const REPORT_DIGEST_HEADER: &str = "x-streamscan-report-sha256";
+/// Header carrying the expected SHA-256 of an upload.
+pub const UPLOAD_DIGEST_HEADER: &str = "x-streamscan-sha256";
+
+/// Whether the worker is ready to take jobs.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Store,
+    pub token: Arc<String>,
+    pub registry: Arc<Registry>,
+    pub ready: Readiness,
+    pub uploads: UploadNotify,
+    pub max_upload: u64,
+}
+
+pub fn router(state: HttpState) -> Router {
+    let protected = Router::new()
+        .route("/results/{id}", get(get_result).delete(delete_result))
+        .route("/uploads/{id}", axum::routing::put(put_upload))
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.into(),
+    )
+        .into_response()
+}
+
+/// Compares in constant time, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if same(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        _ => error(StatusCode::UNAUTHORIZED, "a valid internal bearer token is required"),
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.ready.get() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(err) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {err}"),
+        ),
+    }
+}
+
+async fn get_result(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    if check_id(&id).is_err() {
+        return error(StatusCode::NOT_FOUND, "no such result");
+    }
+    let stored = match state.store.result(&id) {
+        Ok(Some(s)) => s,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such result"),
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    };
+    let file = match tokio::fs::File::open(&stored.path).await {
+        Ok(f) => f,
+        // Deleted between the two calls.
+        Err(_) => return error(StatusCode::NOT_FOUND, "no such result"),
+    };
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    (
+        [
+            (header::CONTENT_TYPE, "application/zstd".to_owned()),
+            (header::CONTENT_LENGTH, stored.size.to_string()),
+            (header::HeaderName::from_static(REPORT_DIGEST_HEADER), stored.digest),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn delete_result(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    if check_id(&id).is_err() {
+        return error(StatusCode::NOT_FOUND, "no such result");
+    }
+    match state.store.delete_result(&id) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such result"),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+async fn put_upload(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Ok(path) = state.store.upload_path(&id) else {
+        return error(StatusCode::BAD_REQUEST, "invalid analyzeId");
+    };
+    if path.exists() {
+        return error(StatusCode::CONFLICT, "this job's file was already uploaded");
+    }
+    let expected = headers
+        .get(UPLOAD_DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let tmp = path.with_extension("part");
+    let mut file = match tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return error(StatusCode::CONFLICT, "an upload of this job's file is in progress");
+        }
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    };
+    let outcome = async {
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
+            bytes += chunk.len() as u64;
+            if bytes > state.max_upload {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the upload exceeds the limit of {} bytes", state.max_upload),
+                ));
+            }
+            hash.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let digest = hex::encode(&hash.finalize());
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the upload's SHA-256 is {digest}, the request said {expected}"),
+            ));
+        }
+        Ok((bytes, digest))
+    }
+    .await;
+    match outcome {
+        Ok((bytes, digest)) => {
+            if let Err(err) = tokio::fs::rename(&tmp, &path).await {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
+            }
+            state.uploads.notify_waiters();
+            (
+                StatusCode::CREATED,
+                axum::Json(serde_json::json!({"bytes": bytes, "sha256": digest})),
+            )
+                .into_response()
+        }
+        Err(response) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            response
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! `streamscan-worker serve`: the analysis server of one worker pod. It watches the
+//! AnalysisJobs pinned to its `serverId`, runs them on the engine, reports progress on the CR
+//! and on Kafka, and keeps and serves the compressed results.
+//!
+//! Pure decisions live in [`decide`]; everything else is a thin I/O shell around the engine.
+
+pub mod args;
+pub mod decide;
+pub mod events;
+pub mod executor;
+pub mod http;
+pub mod run;
+pub mod sources;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod watch;
+
+pub use args::ServeArgs;

@@ -1,0 +1,119 @@
+//! Wiring of `serve`: configuration, the HTTP service, the job watch, and SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use kube::Api;
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+
+use super::args::ServeArgs;
+use super::executor::{Metrics, Shared};
+use super::http::{self, HttpState, Readiness};
+use super::sources;
+use super::store::Store;
+use super::telemetry;
+use super::watch::Runner;
+use crate::engine::analyzers::{AnalyzerConfig, model::ModelConfig};
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    telemetry::init(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    if args.server_id.is_empty() {
+        bail!("--server-id (STREAMSCAN_SERVER_ID) must not be empty");
+    }
+    if args.capacity == 0 {
+        bail!("--capacity must be at least 1");
+    }
+    if args.chunk_size == 0 {
+        bail!("--chunk-size must be positive");
+    }
+    let token = std::fs::read_to_string(&args.internal_token_file)
+        .with_context(|| format!("reading the internal token from {}", args.internal_token_file.display()))?;
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        bail!(
+            "the internal token file {} is empty",
+            args.internal_token_file.display()
+        );
+    }
+    let store = Store::open(&args.data_dir)
+        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    let kafka = args.kafka.client_config().context("reading the Kafka credentials")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let jobs = Api::namespaced(client, &args.namespace);
+
+    let shutdown = telemetry::on_signals();
+    let ready = Readiness::default();
+    let uploads = Arc::new(tokio::sync::Notify::new());
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let app = http::router(HttpState {
+        store: store.clone(),
+        token: Arc::new(token),
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+        uploads: uploads.clone(),
+        max_upload: args.max_upload_bytes,
+    });
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let http_task = {
+        let stop = http_stop.clone();
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(%err, "the HTTP service failed");
+            }
+        })
+    };
+    tracing::info!(server_id = %args.server_id, namespace = %args.namespace, http = %bound, capacity = args.capacity, "worker serving");
+
+    let shared = Arc::new(Shared {
+        server_id: args.server_id.clone(),
+        store,
+        jobs: jobs.clone(),
+        kafka,
+        topic: args.kafka.kafka_topic.clone(),
+        http: sources::http_client().context("building the HTTP client")?,
+        permits: Arc::new(Semaphore::new(args.capacity)),
+        uploads,
+        metrics,
+        analyzers: AnalyzerConfig {
+            vuln_db: args.vuln_db.clone(),
+            model: args.model_url.clone().map(|endpoint| ModelConfig { endpoint }),
+        },
+        source_root: args.source_root.clone(),
+        event_buffer: args.event_buffer,
+        chunk_size: args.chunk_size,
+        checkpoint_every: args.checkpoint_every_bytes.max(1),
+        throttle: args.throttle_bytes_per_sec,
+        progress_interval: Duration::from_millis(args.progress_interval_ms),
+        upload_wait: Duration::from_secs(args.upload_wait_seconds),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+    });
+    // Returns after SIGTERM once every attempt stopped and flushed (each bounded by the grace
+    // period); downloads keep being served until then.
+    Runner::new(shared).run(jobs, ready, shutdown).await;
+    http_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

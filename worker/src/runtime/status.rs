@@ -1,0 +1,217 @@
+//! The worker's fields on the CR (`status.execution`, `progress`, `result`): merge patches on
+//! `/status` with field manager `streamscan-worker`, progress throttled to at most one write
+//! every 2 s or each 5 %, whichever comes first.
+
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+use streamscan_api::names::MANAGER_WORKER;
+use streamscan_api::{AnalysisJob, ExecutionState, ResultSummary};
+
+use super::decide::AttemptId;
+
+/// Writes one job's worker-owned status fields.
+#[derive(Clone)]
+pub struct StatusWriter {
+    api: Api<AnalysisJob>,
+    name: String,
+    attempt: AttemptId,
+}
+
+/// A failure or cancellation, as reported on the CR and in the final event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+    pub retriable: bool,
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// One progress snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub processed: u64,
+    pub total: Option<u64>,
+    /// Bytes per second since the attempt (re)started here.
+    pub rate: u64,
+    pub checkpoint: Option<u64>,
+}
+
+impl Snapshot {
+    pub fn percent(&self) -> Option<u32> {
+        self.total
+            .filter(|t| *t > 0)
+            .map(|t| ((self.processed.min(t) as u128 * 100) / t as u128) as u32)
+    }
+}
+
+/// Whether a progress write is due: the first one, `interval` after the last, or 5 % further.
+pub fn progress_due(last: Option<(Instant, Snapshot)>, now: Instant, next: &Snapshot, interval: Duration) -> bool {
+    let Some((at, prev)) = last else { return true };
+    if next == &prev {
+        return false;
+    }
+    if now.duration_since(at) >= interval {
+        return true;
+    }
+    matches!((prev.percent(), next.percent()), (Some(a), Some(b)) if b >= a + 5)
+}
+
+impl StatusWriter {
+    pub fn new(api: Api<AnalysisJob>, name: String, attempt: AttemptId) -> Self {
+        StatusWriter { api, name, attempt }
+    }
+
+    async fn patch(&self, status: Value) -> Result<(), kube::Error> {
+        let params = PatchParams {
+            field_manager: Some(MANAGER_WORKER.into()),
+            ..PatchParams::default()
+        };
+        self.api
+            .patch_status(&self.name, &params, &Patch::Merge(json!({ "status": status })))
+            .await
+            .map(|_| ())
+    }
+
+    fn execution(&self, state: ExecutionState) -> Value {
+        json!({"attempt": self.attempt.attempt, "eventId": self.attempt.event_id, "state": state,
+               "reason": null, "message": null, "retriable": null})
+    }
+
+    pub async fn running(&self, checkpoint: Option<u64>) -> Result<(), kube::Error> {
+        let mut execution = self.execution(ExecutionState::Running);
+        execution["checkpointBytes"] = checkpoint.map_or(Value::Null, |c| c.into());
+        self.patch(json!({"execution": execution, "result": null})).await
+    }
+
+    pub async fn progress(&self, s: &Snapshot) -> Result<(), kube::Error> {
+        let eta = match (s.total, s.rate) {
+            (Some(t), r) if r > 0 => Some(t.saturating_sub(s.processed) / r),
+            _ => None,
+        };
+        let mut status = json!({"progress": {
+            "bytesProcessed": s.processed, "totalBytes": s.total, "percent": s.percent(),
+            "bytesPerSecond": s.rate, "etaSeconds": eta, "updatedAt": now(),
+        }});
+        if let Some(c) = s.checkpoint {
+            let mut execution = self.execution(ExecutionState::Running);
+            execution["checkpointBytes"] = c.into();
+            status["execution"] = execution;
+        }
+        self.patch(status).await
+    }
+
+    pub async fn succeeded(&self, summary: &ResultSummary) -> Result<(), kube::Error> {
+        let bytes = summary.bytes;
+        self.patch(json!({
+            "execution": self.execution(ExecutionState::Succeeded),
+            "progress": {"bytesProcessed": bytes, "totalBytes": bytes, "percent": 100, "etaSeconds": 0, "updatedAt": now()},
+            "result": summary,
+        }))
+        .await
+    }
+
+    pub async fn ended(&self, state: ExecutionState, failure: &Failure) -> Result<(), kube::Error> {
+        let mut execution = self.execution(state);
+        execution["reason"] = failure.reason.clone().into();
+        execution["message"] = failure.message.clone().into();
+        if state == ExecutionState::Failed {
+            execution["retriable"] = failure.retriable.into();
+        }
+        self.patch(json!({"execution": execution})).await
+    }
+}
+
+/// Writes progress from `rx` until it closes, throttled; the last snapshot is always written.
+pub async fn progress_loop(writer: StatusWriter, mut rx: tokio::sync::watch::Receiver<Snapshot>, interval: Duration) {
+    let mut last: Option<(Instant, Snapshot)> = None;
+    loop {
+        let closed = rx.changed().await.is_err();
+        let snap = *rx.borrow_and_update();
+        let now = Instant::now();
+        if closed || progress_due(last, now, &snap, interval) {
+            if last.is_none_or(|(_, prev)| prev != snap) {
+                if let Err(err) = writer.progress(&snap).await {
+                    tracing::warn!(%err, job = %writer.name, "cannot write progress");
+                }
+                last = Some((now, snap));
+            }
+            if closed {
+                return;
+            }
+        } else if let Some((at, _)) = last {
+            // Not due yet: wait for the interval (or a 5 % step) before the next write.
+            let deadline = tokio::time::Instant::from_std(at + interval);
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    rx.mark_changed();
+                }
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        let snap = *rx.borrow();
+                        let _ = writer.progress(&snap).await;
+                        return;
+                    }
+                    rx.mark_changed();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(processed: u64) -> Snapshot {
+        Snapshot {
+            processed,
+            total: Some(1000),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn progress_is_written_every_interval_or_each_five_percent() {
+        let t0 = Instant::now();
+        let i = Duration::from_secs(2);
+        assert!(progress_due(None, t0, &snap(0), i));
+        let last = Some((t0, snap(100)));
+        assert!(!progress_due(last, t0 + Duration::from_millis(500), &snap(120), i));
+        assert!(progress_due(last, t0 + Duration::from_millis(500), &snap(150), i));
+        assert!(progress_due(last, t0 + i, &snap(101), i));
+        assert!(!progress_due(last, t0 + i, &snap(100), i), "nothing new");
+        let unknown = Snapshot {
+            processed: 10_000,
+            ..Snapshot::default()
+        };
+        let last = Some((
+            t0,
+            Snapshot {
+                processed: 1,
+                ..Snapshot::default()
+            },
+        ));
+        assert!(!progress_due(last, t0 + Duration::from_secs(1), &unknown, i));
+    }
+
+    #[test]
+    fn percent_is_whole_and_capped() {
+        assert_eq!(snap(999).percent(), Some(99));
+        assert_eq!(snap(1000).percent(), Some(100));
+        assert_eq!(
+            Snapshot {
+                processed: 5,
+                total: Some(0),
+                ..Snapshot::default()
+            }
+            .percent(),
+            None
+        );
+    }
+}

@@ -1,0 +1,873 @@
+//! The real `streamscan-worker serve` against the Kubernetes API simulator, a librdkafka mock
+//! cluster and a local HTTP file server. Job status is set by the test as the controller would
+//! (the controller lives in the operator crate, which the worker must not depend on).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Message};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use streamscan_api::names::LABEL_SERVER_ID;
+use streamscan_api::{AnalysisJob, EventStatus, ExecutionState, ProgressEvent};
+use streamscan_e2e::Simulator;
+use tokio::process::{Child, Command};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const WAIT: Duration = Duration::from_secs(60);
+const TOPIC: &str = "streamscan.progress";
+const TOKEN: &str = "s3cret-internal-token";
+const FILE_SIZE: usize = 4 << 20;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deterministic test data with a few things to find.
+fn test_file(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut data: Vec<u8> = (0..FILE_SIZE)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect();
+    for (i, needle) in [&b"AKIAIOSFODNN7EXAMPLE "[..], b" https://evil.example.com/payload "]
+        .iter()
+        .enumerate()
+    {
+        let at = (i + 1) * FILE_SIZE / 3;
+        data[at..at + needle.len()].copy_from_slice(needle);
+    }
+    data
+}
+
+/// A file server with Range support; `/drop/...` cuts the first full response in the middle.
+#[derive(Clone, Default)]
+struct Files {
+    files: Arc<Mutex<BTreeMap<String, Arc<Vec<u8>>>>>,
+    /// Range header of every request, in order (None: a full request).
+    ranges: Arc<Mutex<Vec<Option<String>>>>,
+    dropped: Arc<Mutex<bool>>,
+}
+
+async fn serve_file(
+    State(files): State<Files>,
+    UrlPath((mode, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(data) = files
+        .files
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&name)
+        .cloned()
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    files
+        .ranges
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(range.clone());
+    let start: usize = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let len = data.len();
+    let body = data[start..].to_vec();
+    let drop_now = mode == "drop"
+        && start == 0
+        && !std::mem::replace(&mut *files.dropped.lock().unwrap_or_else(|e| e.into_inner()), true);
+    let body = if drop_now {
+        // Half the file, then the connection breaks with Content-Length unmet.
+        let half = body[..body.len() / 2].to_vec();
+        let stream = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(bytes::Bytes::from(half)),
+            Err(std::io::Error::other("connection dropped by the test server")),
+        ]);
+        Body::from_stream(stream)
+    } else {
+        Body::from(body)
+    };
+    let mut response = Response::builder()
+        .header(header::CONTENT_LENGTH, (len - start).to_string())
+        .header(header::ACCEPT_RANGES, "bytes");
+    if range.is_some() {
+        response = response
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1));
+    }
+    response
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+impl Files {
+    async fn start(&self) -> Res<SocketAddr> {
+        let app = axum::Router::new()
+            .route("/{mode}/{name}", axum::routing::get(serve_file))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(addr)
+    }
+
+    fn add(&self, name: &str, data: Vec<u8>) -> String {
+        let digest = hex(&Sha256::digest(&data));
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.into(), Arc::new(data));
+        digest
+    }
+}
+
+struct Harness {
+    _sim: Simulator,
+    kafka: MockCluster<'static, DefaultProducerContext>,
+    dir: tempfile::TempDir,
+    jobs: Api<AnalysisJob>,
+    files: Files,
+    files_addr: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start() -> Res<Self> {
+        let sim = Simulator::start().await?;
+        let client: Client = sim.client()?;
+        let dir = tempfile::tempdir()?;
+        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/analysisjob.yaml"))?;
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)?;
+        let crd: CustomResourceDefinition =
+            serde_json::from_value(docs.into_iter().find(|d| !d.is_null()).ok_or("empty CRD file")?)?;
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(&PostParams::default(), &crd).await?;
+        tokio::time::timeout(
+            WAIT,
+            await_condition(crds, "analysisjobs.streamscan.io", conditions::is_crd_established()),
+        )
+        .await??;
+        let kafka = MockCluster::new(1)?;
+        kafka.create_topic(TOPIC, 1, 1)?;
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n"))?;
+        std::fs::create_dir_all(dir.path().join("sources"))?;
+        let files = Files::default();
+        let files_addr = files.start().await?;
+        Ok(Harness {
+            _sim: sim,
+            kafka,
+            jobs: Api::namespaced(client, "default"),
+            files,
+            files_addr,
+            http: reqwest::Client::builder().no_proxy().build()?,
+            dir,
+        })
+    }
+
+    fn data_dir(&self, server: &str) -> PathBuf {
+        self.dir.path().join(format!("data-{server}"))
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Starts `streamscan-worker serve`; returns the process and its HTTP address.
+    async fn worker(&self, server: &str, log: &str, extra: &[&str]) -> Res<(Child, String)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{log}.log")))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_streamscan-worker"))
+            .arg("serve")
+            .args(["--server-id", server, "--namespace", "default", "--log-format", "json"])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .arg("--internal-token-file")
+            .arg(self.dir.path().join("token"))
+            .arg("--data-dir")
+            .arg(self.data_dir(server))
+            .arg("--source-root")
+            .arg(self.dir.path().join("sources"))
+            .args([
+                "--kafka-bootstrap",
+                &self.kafka.bootstrap_servers(),
+                "--kafka-topic",
+                TOPIC,
+            ])
+            .args([
+                "--chunk-size",
+                "65536",
+                "--checkpoint-every-bytes",
+                "262144",
+                "--progress-interval-ms",
+                "300",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("RUST_LOG", "info,streamscan_worker=debug,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .kill_on_drop(true)
+            .spawn()?;
+        let base = format!("http://127.0.0.1:{port}");
+        // Ready once it listens and its watch has synced.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
+                && r.status() == StatusCode::OK
+            {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("worker never became ready; log:\n{}", self.log(log)).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok((child, base))
+    }
+
+    /// Creates a job pinned to `server` and places it as the controller would.
+    async fn job(&self, name: &str, server: &str, source: serde_json::Value, analyzers: &[&str]) -> Res<AnalysisJob> {
+        let job: AnalysisJob = serde_json::from_value(json!({
+            "apiVersion": "streamscan.io/v1alpha1", "kind": "AnalysisJob",
+            "metadata": {"name": name, "labels": {LABEL_SERVER_ID: server}},
+            "spec": {"userId": "alice", "source": source, "analyzers": analyzers},
+        }))?;
+        self.jobs.create(&PostParams::default(), &job).await?;
+        let status = json!({"status": {"phase": "Scheduled", "serverId": server, "attempt": 1, "eventId": format!("{name}-e1")}});
+        Ok(self
+            .jobs
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?)
+    }
+
+    async fn wait(&self, name: &str, what: &str, cond: impl Fn(&AnalysisJob) -> bool) -> Res<AnalysisJob> {
+        let found = tokio::time::timeout(
+            WAIT,
+            await_condition(self.jobs.clone(), name, move |j: Option<&AnalysisJob>| {
+                j.is_some_and(&cond)
+            }),
+        )
+        .await
+        .map_err(|_| format!("timed out waiting for {name} to be {what}"))??;
+        Ok(found.ok_or("job vanished")?)
+    }
+
+    async fn wait_state(&self, name: &str, state: ExecutionState) -> Res<AnalysisJob> {
+        self.wait(name, &format!("{state:?}"), move |j| execution_state(j) == Some(state))
+            .await
+    }
+
+    fn url(&self, mode: &str, file: &str) -> String {
+        format!("http://{}/{mode}/{file}", self.files_addr)
+    }
+
+    /// The events of one attempt, read committed, until its final event.
+    async fn events(&self, event_id: &str) -> Res<Vec<(ProgressEvent, BTreeMap<String, String>)>> {
+        let bootstrap = self.kafka.bootstrap_servers();
+        let event_id = event_id.to_owned();
+        tokio::task::spawn_blocking(move || consume(&bootstrap, &event_id)).await?
+    }
+}
+
+fn execution_state(j: &AnalysisJob) -> Option<ExecutionState> {
+    j.status.as_ref()?.execution.as_ref().map(|e| e.state)
+}
+
+fn consume(bootstrap: &str, event_id: &str) -> Res<Vec<(ProgressEvent, BTreeMap<String, String>)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[TOPIC])?;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut out = Vec::new();
+    while std::time::Instant::now() < deadline {
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg?;
+        let event = ProgressEvent::from_slice(msg.payload().ok_or("no payload")?)?;
+        if event.event_id != event_id {
+            continue;
+        }
+        let mut headers = BTreeMap::new();
+        if let Some(h) = msg.headers() {
+            for header in h.iter() {
+                headers.insert(
+                    header.key.to_owned(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        assert_eq!(msg.key(), Some(event.analyze_id.as_bytes()), "key is the analyzeId");
+        let last = event.status.is_final();
+        out.push((event, headers));
+        if last {
+            return Ok(out);
+        }
+    }
+    Err(format!(
+        "no final event for {event_id} within {WAIT:?}; got {} events",
+        out.len()
+    )
+    .into())
+}
+
+/// Drops events whose (eventId, seq) was seen before, as the gateway does. Needed only where a
+/// worker is killed: librdkafka's mock cluster writes no abort markers, so a read_committed
+/// consumer also sees the killed worker's last, uncommitted (and on real Kafka aborted) batch.
+fn dedupe(events: Vec<(ProgressEvent, BTreeMap<String, String>)>) -> Vec<(ProgressEvent, BTreeMap<String, String>)> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .into_iter()
+        .filter(|(e, _)| seen.insert((e.event_id.clone(), e.seq)))
+        .collect()
+}
+
+/// seq 0..N without gap or repeat, STARTED first, `last` last, bytes monotonic.
+fn check_stream(events: &[(ProgressEvent, BTreeMap<String, String>)], last: EventStatus) {
+    let seqs: Vec<u64> = events.iter().map(|(e, _)| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (0..events.len() as u64).collect::<Vec<_>>(),
+        "seq gapless and unrepeated"
+    );
+    assert_eq!(events.first().map(|(e, _)| e.status), Some(EventStatus::Started));
+    assert_eq!(events.last().map(|(e, _)| e.status), Some(last));
+    assert_eq!(events.iter().filter(|(e, _)| e.status.is_final()).count(), 1);
+    for pair in events.windows(2) {
+        assert!(
+            pair[1].0.bytes_processed >= pair[0].0.bytes_processed,
+            "monotonic progress"
+        );
+    }
+    for (e, h) in events {
+        assert_eq!(h.get("ce_id"), Some(&format!("{}-{}", e.event_id, e.seq)));
+        assert_eq!(
+            h.get("ce_type").map(String::as_str),
+            Some("io.streamscan.analysis.progress.v1")
+        );
+        assert_eq!(h.get("ce_subject"), Some(&format!("default/{}", e.name)));
+        assert_eq!(
+            h.get("ce_source"),
+            Some(&format!("/streamscan/servers/{}", e.server_id))
+        );
+        assert!(
+            h.get("traceparent")
+                .is_some_and(|t| t.starts_with("00-") && t.len() == 55)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_job_succeeds_with_gapless_events_and_a_downloadable_result() -> Res<()> {
+    let h = Harness::start().await?;
+    let sha = h.files.add("fw.bin", test_file(1));
+    let (_worker, base) = h.worker("s1", "s1", &[]).await?;
+    let job = h
+        .job(
+            "fw",
+            "s1",
+            json!({"url": {"location": h.url("plain", "fw.bin"), "sha256": sha}}),
+            &["digest", "secrets", "iocs"],
+        )
+        .await?;
+    let uid = job.metadata.uid.clone().ok_or("uid")?;
+    let done = h.wait_state("fw", ExecutionState::Succeeded).await?;
+    let status = done.status.ok_or("status")?;
+    let result = status.result.ok_or("no result")?;
+    assert_eq!(result.sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(result.bytes, FILE_SIZE as i64);
+    assert_eq!(result.server_id, "s1");
+    assert!(
+        result.findings.high
+            + result.findings.critical
+            + result.findings.medium
+            + result.findings.low
+            + result.findings.info
+            >= 2
+    );
+    assert_eq!(status.progress.and_then(|p| p.percent), Some(100));
+
+    let events = h.events("fw-e1").await?;
+    check_stream(&events, EventStatus::Completed);
+    let (completed, _) = events.last().ok_or("no events")?;
+    assert_eq!(completed.result.as_ref(), Some(&result));
+    assert!(events.iter().any(|(e, _)| e.status == EventStatus::Progress));
+
+    // The result: token required, digest header = CR digest = SHA-256 of the body.
+    let url = format!("{base}/results/{uid}");
+    assert_eq!(h.http.get(&url).send().await?.status(), StatusCode::UNAUTHORIZED);
+    let r = h.http.get(&url).bearer_auth(TOKEN).send().await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/zstd");
+    let header_digest = r.headers()["x-streamscan-report-sha256"].to_str()?.to_owned();
+    let body = r.bytes().await?;
+    assert_eq!(header_digest, result.report_digest);
+    assert_eq!(hex(&Sha256::digest(&body)), result.report_digest);
+    assert_eq!(body.len() as i64, result.report_size);
+    let report: serde_json::Value = serde_json::from_slice(&zstd::decode_all(&body[..])?)?;
+    assert_eq!(report["digests"]["sha256"], sha.as_str());
+    assert_eq!(report["bytes"], FILE_SIZE as u64);
+    assert_eq!(
+        h.http.delete(&url).bearer_auth(TOKEN).send().await?.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.http.get(&url).bearer_auth(TOKEN).send().await?.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        h.http.delete(&url).bearer_auth(TOKEN).send().await?.status(),
+        StatusCode::NOT_FOUND
+    );
+    // Probes and metrics need no token.
+    assert_eq!(
+        h.http.get(format!("{base}/healthz")).send().await?.status(),
+        StatusCode::OK
+    );
+    let metrics = h.http.get(format!("{base}/metrics")).send().await?.text().await?;
+    assert!(
+        metrics.contains("streamscan_worker_jobs_succeeded_total 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_run_stops_rolls_back_and_reports_cancelled() -> Res<()> {
+    let h = Harness::start().await?;
+    std::fs::write(h.dir.path().join("sources/big.bin"), test_file(2))?;
+    let (_worker, _) = h.worker("s1", "s1", &["--throttle-bytes-per-sec", "1048576"]).await?;
+    let job = h
+        .job(
+            "big",
+            "s1",
+            json!({"volume": {"path": "big.bin"}}),
+            &["digest", "entropy"],
+        )
+        .await?;
+    let uid = job.metadata.uid.clone().ok_or("uid")?;
+    // Mid-run: a checkpoint is on disk and the file is not finished.
+    h.wait("big", "checkpointed", |j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.execution.as_ref())
+            .and_then(|e| e.checkpoint_bytes)
+            .unwrap_or(0)
+            > 0
+    })
+    .await?;
+    assert!(
+        h.data_dir("s1")
+            .join("jobs")
+            .join(&uid)
+            .join("checkpoint.json")
+            .exists()
+    );
+    h.jobs
+        .patch(
+            "big",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"cancel": true}})),
+        )
+        .await?;
+    let started = std::time::Instant::now();
+    let done = h.wait_state("big", ExecutionState::Cancelled).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    let bytes = done
+        .status
+        .and_then(|s| s.progress)
+        .map(|p| p.bytes_processed)
+        .unwrap_or(0);
+    assert!(bytes < FILE_SIZE as i64, "the job was cancelled mid-run, at {bytes}");
+    assert!(!h.data_dir("s1").join("jobs").join(&uid).exists(), "checkpoint deleted");
+    assert!(
+        !h.data_dir("s1")
+            .join("results")
+            .join(format!("{uid}.json.zst"))
+            .exists()
+    );
+    let events = h.events("big-e1").await?;
+    check_stream(&events, EventStatus::Cancelled);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_resumes_from_its_checkpoint_without_gap_or_repeat() -> Res<()> {
+    let h = Harness::start().await?;
+    let sha = h.files.add("r.bin", test_file(3));
+    let throttle = ["--throttle-bytes-per-sec", "1048576"];
+    let (mut first, _) = h.worker("s1", "w1", &throttle).await?;
+    h.job(
+        "r",
+        "s1",
+        json!({"url": {"location": h.url("plain", "r.bin"), "sha256": sha}}),
+        &["digest", "secrets"],
+    )
+    .await?;
+    let mid = h
+        .wait("r", "checkpointed", |j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.execution.as_ref())
+                .and_then(|e| e.checkpoint_bytes)
+                .unwrap_or(0)
+                >= 1 << 20
+        })
+        .await?;
+    let checkpoint = mid
+        .status
+        .and_then(|s| s.execution)
+        .and_then(|e| e.checkpoint_bytes)
+        .ok_or("checkpoint")?;
+    first.kill().await?;
+    let requests_before = h.files.ranges.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let (_second, _) = h.worker("s1", "w2", &[]).await?;
+    let done = h.wait_state("r", ExecutionState::Succeeded).await?;
+    assert_eq!(done.status.and_then(|s| s.result).and_then(|r| r.sha256), Some(sha));
+    // The second worker asked for the rest of the file only.
+    let ranges: Vec<Option<String>> =
+        h.files.ranges.lock().unwrap_or_else(|e| e.into_inner())[requests_before..].to_vec();
+    let from: u64 = ranges
+        .first()
+        .cloned()
+        .flatten()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .ok_or(format!("the restarted worker did not resume with Range: {ranges:?}"))?;
+    assert!(
+        from >= checkpoint as u64 && from > 0,
+        "resumed at {from}, checkpoint {checkpoint}"
+    );
+    assert!(h.log("w2").contains("resuming from checkpoint"), "{}", h.log("w2"));
+    let events = dedupe(h.events("r-e1").await?);
+    check_stream(&events, EventStatus::Completed);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_continued_with_range() -> Res<()> {
+    let h = Harness::start().await?;
+    let sha = h.files.add("d.bin", test_file(4));
+    let (_worker, _) = h.worker("s1", "s1", &[]).await?;
+    h.job(
+        "d",
+        "s1",
+        json!({"url": {"location": h.url("drop", "d.bin"), "sha256": sha}}),
+        &["digest"],
+    )
+    .await?;
+    let done = h.wait_state("d", ExecutionState::Succeeded).await?;
+    assert_eq!(done.status.and_then(|s| s.result).and_then(|r| r.sha256), Some(sha));
+    let ranges = h.files.ranges.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(ranges.first(), Some(&None));
+    assert!(
+        ranges
+            .iter()
+            .skip(1)
+            .any(|r| r.as_deref().is_some_and(|r| r != "bytes=0-")),
+        "{ranges:?}"
+    );
+    check_stream(&h.events("d-e1").await?, EventStatus::Completed);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sources_fail_fatally_with_a_clear_reason() -> Res<()> {
+    let h = Harness::start().await?;
+    let outside = h.dir.path().join("outside.bin");
+    std::fs::write(&outside, b"secret")?;
+    std::os::unix::fs::symlink(&outside, h.dir.path().join("sources/escape"))?;
+    h.files.add("m.bin", test_file(5));
+    let (_worker, _) = h.worker("s1", "s1", &[]).await?;
+    h.job("esc", "s1", json!({"volume": {"path": "escape"}}), &["digest"])
+        .await?;
+    h.job(
+        "mis",
+        "s1",
+        json!({"url": {"location": h.url("plain", "m.bin"), "sha256": "0".repeat(64)}}),
+        &["entropy"],
+    )
+    .await?;
+    for (name, reason, says) in [
+        ("esc", "PathEscapesRoot", "outside the source volume"),
+        ("mis", "DigestMismatch", "SHA-256"),
+    ] {
+        let job = h.wait_state(name, ExecutionState::Failed).await?;
+        let e = job.status.and_then(|s| s.execution).ok_or("execution")?;
+        assert_eq!(e.reason.as_deref(), Some(reason));
+        assert_eq!(e.retriable, Some(false), "{name} is fatal");
+        assert!(e.message.as_deref().is_some_and(|m| m.contains(says)), "{e:?}");
+        let events = h.events(&format!("{name}-e1")).await?;
+        check_stream(&events, EventStatus::Failed);
+        let (last, _) = events.last().ok_or("events")?;
+        assert_eq!((last.reason.as_deref(), last.retriable), (Some(reason), Some(false)));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_errors_and_an_outage_lose_and_duplicate_nothing() -> Res<()> {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let h = Harness::start().await?;
+    std::fs::write(h.dir.path().join("sources/k.bin"), test_file(6))?;
+    // Produce requests fail now and then; the idempotent producer retries without duplicates.
+    h.kafka.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    let (_worker, _) = h.worker("s1", "s1", &["--throttle-bytes-per-sec", "1048576"]).await?;
+    h.job("k", "s1", json!({"volume": {"path": "k.bin"}}), &["digest"])
+        .await?;
+    let progressed = |min: i64| {
+        move |j: &AnalysisJob| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.progress.as_ref())
+                .is_some_and(|p| p.bytes_processed >= min)
+        }
+    };
+    h.wait("k", "started", progressed(256 << 10)).await?;
+    h.kafka.broker_down(1)?;
+    // With Kafka down the analysis goes on (its events wait in the buffer).
+    h.wait("k", "progressing while Kafka is down", progressed(2 << 20))
+        .await?;
+    h.kafka.broker_up(1)?;
+    h.wait_state("k", ExecutionState::Succeeded).await?;
+    check_stream(&h.events("k-e1").await?, EventStatus::Completed);
+    Ok(())
+}
+
+/// librdkafka's mock cluster cannot show fencing: its InitProducerId hands a new producer id to
+/// a second producer with the same transactional id instead of bumping the epoch
+/// (`rd_kafka_mock_pid_new` in `rdkafka_mock_handlers.c`), so the zombie's pid stays valid there.
+/// Run against a real Kafka with `STREAMSCAN_TEST_KAFKA=host:port cargo test -- --ignored zombie`.
+#[test]
+#[ignore = "needs a broker that fences by transactional.id (set STREAMSCAN_TEST_KAFKA); the mock cluster does not"]
+fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
+    use streamscan_worker::runtime::events::{EventsError, Publisher, StreamInfo};
+    let kafka = MockCluster::new(1)?;
+    kafka.create_topic(TOPIC, 1, 1)?;
+    let bootstrap = std::env::var("STREAMSCAN_TEST_KAFKA").unwrap_or_else(|_| kafka.bootstrap_servers());
+    let analyze_id = format!("uid-z-{}", uuid::Uuid::new_v4());
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &bootstrap);
+    let info = StreamInfo {
+        topic: TOPIC.into(),
+        namespace: "default".into(),
+        name: "z".into(),
+        analyze_id: analyze_id.clone(),
+        server_id: "s1".into(),
+    };
+    let event = |event_id: &str, seq: u64| ProgressEvent {
+        version: streamscan_api::EVENT_VERSION,
+        user_id: "alice".into(),
+        event_id: event_id.into(),
+        server_id: "s1".into(),
+        analyze_id: analyze_id.clone(),
+        namespace: "default".into(),
+        name: "z".into(),
+        attempt: 1,
+        status: if seq == 0 {
+            EventStatus::Started
+        } else {
+            EventStatus::Progress
+        },
+        seq,
+        bytes_processed: seq,
+        total_bytes: None,
+        timestamp: jiff::Timestamp::now(),
+        reason: None,
+        message: None,
+        retriable: None,
+        result: None,
+    };
+    let committed = |tx: std::sync::mpsc::Sender<u64>| {
+        Box::new(move |seq: u64, _| {
+            let _ = tx.send(seq);
+        })
+    };
+    let (old_tx, old_rx) = std::sync::mpsc::channel();
+    let old = Publisher::start(&config, info.clone(), 16, committed(old_tx))?;
+    old.queue().ok_or("queue")?.send(event("old", 0))?;
+    assert_eq!(old_rx.recv_timeout(WAIT)?, 1);
+    // The new attempt's producer: same transactional id, so it fences the old one.
+    let (new_tx, new_rx) = std::sync::mpsc::channel();
+    let new = Publisher::start(&config, info, 16, committed(new_tx))?;
+    new.queue().ok_or("queue")?.send(event("new", 0))?;
+    assert_eq!(new_rx.recv_timeout(WAIT)?, 1);
+    // The zombie tries to go on: its send or commit fails as fenced, and nothing gets out.
+    let zombie = old.queue().ok_or("queue")?;
+    let _ = zombie.send(event("old", 1));
+    drop(zombie);
+    let outcome = old.finish();
+    assert!(matches!(outcome, Err(EventsError::Fenced(_))), "{outcome:?}");
+    assert!(old_rx.try_recv().is_err(), "the zombie committed nothing more");
+    new.finish()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("zombie-check-{}", uuid::Uuid::new_v4()))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[TOPIC])?;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && seen.len() < 2 {
+        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
+            let e = ProgressEvent::from_slice(msg?.payload().ok_or("payload")?)?;
+            if e.analyze_id == analyze_id {
+                seen.push((e.event_id, e.seq));
+            }
+        }
+    }
+    assert_eq!(seen, vec![("old".to_owned(), 0), ("new".to_owned(), 0)]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_file_is_analysed_and_uploads_are_checked() -> Res<()> {
+    let h = Harness::start().await?;
+    let data = test_file(7);
+    let sha = hex(&Sha256::digest(&data));
+    let (_worker, base) = h.worker("s1", "s1", &["--max-upload-bytes", "5000000"]).await?;
+    // The job waits for its file.
+    let job = h
+        .job(
+            "up",
+            "s1",
+            json!({"upload": {"sha256": sha, "fileName": "fw.img"}}),
+            &["digest"],
+        )
+        .await?;
+    let uid = job.metadata.uid.clone().ok_or("uid")?;
+    let put = |id: String, body: Vec<u8>, digest: Option<String>| {
+        let mut req = h.http.put(format!("{base}/uploads/{id}")).bearer_auth(TOKEN).body(body);
+        if let Some(d) = digest {
+            req = req.header("X-Streamscan-Sha256", d);
+        }
+        req.send()
+    };
+    assert_eq!(
+        h.http
+            .put(format!("{base}/uploads/{uid}"))
+            .body("x")
+            .send()
+            .await?
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        put("other-1".into(), vec![0; 6_000_000], None).await?.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        put("other-2".into(), b"abc".to_vec(), Some("0".repeat(64)))
+            .await?
+            .status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let r = put(uid.clone(), data.clone(), Some(sha.clone())).await?;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(
+        (body["bytes"].as_u64(), body["sha256"].as_str()),
+        (Some(data.len() as u64), Some(sha.as_str()))
+    );
+    assert_eq!(
+        put(uid.clone(), b"again".to_vec(), None).await?.status(),
+        StatusCode::CONFLICT
+    );
+    let done = h.wait_state("up", ExecutionState::Succeeded).await?;
+    assert_eq!(done.status.and_then(|s| s.result).and_then(|r| r.sha256), Some(sha));
+    check_stream(&h.events("up-e1").await?, EventStatus::Completed);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_the_checkpoint_flushes_and_exits_then_the_job_resumes() -> Res<()> {
+    let h = Harness::start().await?;
+    std::fs::write(h.dir.path().join("sources/t.bin"), test_file(8))?;
+    let throttle = ["--throttle-bytes-per-sec", "1048576", "--shutdown-grace-seconds", "10"];
+    let (mut first, _) = h.worker("s1", "t1", &throttle).await?;
+    let job = h
+        .job("t", "s1", json!({"volume": {"path": "t.bin"}}), &["digest"])
+        .await?;
+    let uid = job.metadata.uid.clone().ok_or("uid")?;
+    h.wait("t", "checkpointed", |j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.execution.as_ref())
+            .and_then(|e| e.checkpoint_bytes)
+            .unwrap_or(0)
+            > 0
+    })
+    .await?;
+    let pid = first.id().ok_or("pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), first.wait()).await??;
+    assert!(exit.success(), "{exit:?}\n{}", h.log("t1"));
+    assert!(h.log("t1").contains("stopped for shutdown"), "{}", h.log("t1"));
+    assert!(
+        h.data_dir("s1")
+            .join("jobs")
+            .join(&uid)
+            .join("checkpoint.json")
+            .exists()
+    );
+    let now = h.jobs.get("t").await?;
+    assert_eq!(
+        execution_state(&now),
+        Some(ExecutionState::Running),
+        "shutdown is not a failure"
+    );
+    let (_second, _) = h.worker("s1", "t2", &[]).await?;
+    h.wait_state("t", ExecutionState::Succeeded).await?;
+    assert!(h.log("t2").contains("resuming from checkpoint"), "{}", h.log("t2"));
+    // A graceful stop commits everything it sent: no repeat even on the mock cluster.
+    check_stream(&h.events("t-e1").await?, EventStatus::Completed);
+    Ok(())
+}
