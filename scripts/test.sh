@@ -13,6 +13,8 @@ declare -A packages=(
 )
 # rdkafka's bundled librdkafka with TLS and SASL (worker, gateway) builds against OpenSSL.
 packages[pkg-config]=pkg-config
+# The gateway's tests start a real Redis server.
+packages[redis-server]=redis-server
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${packages[$cmd]}")

@@ -1,6 +1,7 @@
 //! Streamscan's control plane: the AnalysisJob controller and the gateway.
 
 pub mod controller;
+pub mod gateway;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

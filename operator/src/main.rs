@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use streamscan_api::generate;
 use streamscan_operator::controller::{self, ControllerArgs};
+use streamscan_operator::gateway::{self, GatewayArgs};
 use streamscan_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -39,7 +40,12 @@ enum Command {
         log_format: LogFormat,
     },
     /// Serve users: live progress, history, cancel, result download.
-    Gateway,
+    Gateway {
+        #[command(flatten)]
+        args: Box<GatewayArgs>,
+        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+        log_format: LogFormat,
+    },
 }
 
 fn main() -> Result<()> {
@@ -65,7 +71,11 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(controller::run(*args))
         }
-        Command::Gateway => bail!("the gateway is not implemented yet (issue: the gateway)"),
+        Command::Gateway { args, log_format } => {
+            telemetry::init(log_format);
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(gateway::run(*args))
+        }
     }
 }
 

@@ -1,0 +1,263 @@
+//! Jobs: create (idempotent), list and get the caller's own, cancel, and the verdicts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use streamscan_api::names::{ANNOTATION_IDEMPOTENCY_KEY, MANAGER_GATEWAY};
+use streamscan_api::{AnalysisJob, AnalysisJobSpec};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::http::AppState;
+use super::upload;
+
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// The caller's job, or 404 whether it is missing or someone else's.
+pub async fn owned_job(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+) -> Result<AnalysisJob, ApiError> {
+    if state.settings.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+        return Err(ApiError::job_not_found(namespace, name));
+    }
+    let api: Api<AnalysisJob> = Api::namespaced(state.client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(Some(job)) if caller.owns(&job.spec.user_id) => Ok(job),
+        Ok(_) => Err(ApiError::job_not_found(namespace, name)),
+        Err(err) => Err(ApiError::kube(&err)),
+    }
+}
+
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<AnalysisJob>, ApiError> {
+    Ok(Json(owned_job(&state, &caller, &namespace, &name).await?))
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    let api: Api<AnalysisJob> = match &state.settings.namespace {
+        Some(ns) => Api::namespaced(state.client.clone(), ns),
+        None => Api::all(state.client.clone()),
+    };
+    let jobs = api.list(&ListParams::default()).await.map_err(|e| ApiError::kube(&e))?;
+    let items: Vec<AnalysisJob> = jobs
+        .items
+        .into_iter()
+        .filter(|job| caller.owns(&job.spec.user_id))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<AnalysisJob>), ApiError> {
+    let job = request_cancel(&state, &caller, &namespace, &name).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// Sets `spec.cancel: true` (merge patch, field manager streamscan-gateway).
+pub async fn request_cancel(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+) -> Result<AnalysisJob, ApiError> {
+    owned_job(state, caller, namespace, name).await?;
+    let api: Api<AnalysisJob> = Api::namespaced(state.client.clone(), namespace);
+    let params = PatchParams {
+        field_manager: Some(MANAGER_GATEWAY.to_owned()),
+        ..PatchParams::default()
+    };
+    let job = api
+        .patch(name, &params, &Patch::Merge(json!({"spec": {"cancel": true}})))
+        .await
+        .map_err(|e| ApiError::kube(&e))?;
+    tracing::info!(%namespace, %name, user = %caller.user, "cancel requested");
+    Ok(job)
+}
+
+pub async fn verdict(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = owned_job(&state, &caller, &namespace, &name).await?;
+    let uid = job.uid().unwrap_or_default();
+    let verdicts = state.history.verdicts(&uid).await.map_err(|e| ApiError::redis(&e))?;
+    Ok(Json(json!({ "analyzeId": uid, "verdicts": verdicts })))
+}
+
+/// Body of `POST /v1/jobs`: an AnalysisJob's metadata (name, namespace optional) and spec.
+#[derive(Debug, Deserialize)]
+pub struct CreateRequest {
+    #[serde(default)]
+    pub metadata: CreateMeta,
+    pub spec: serde_json::Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Query of `POST /v1/jobs`: `?upload=true` makes the body the file itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateQuery {
+    #[serde(default)]
+    pub upload: bool,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub file_name: Option<String>,
+    pub sha256: Option<String>,
+    /// Comma-separated analyzer names.
+    pub analyzers: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(query): Query<CreateQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    if query.upload {
+        return upload::create_with_upload(state, caller, query, key, headers, body).await;
+    }
+    let bytes = axum::body::to_bytes(body, state.settings.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {} bytes", state.settings.max_body_bytes),
+            )
+        })?;
+    let request: CreateRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid job request: {e}")))?;
+    let (job, created) = create_job(&state, &caller, request, key.as_deref()).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(job)).into_response())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_HEADER) {
+        None => Ok(None),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if key.is_empty() || key.len() > 255 {
+                return Err(ApiError::bad_request("Idempotency-Key must be 1 to 255 characters"));
+            }
+            Ok(Some(key.to_owned()))
+        }
+    }
+}
+
+/// The object name a retried request maps to: the same user and key give the same name.
+pub fn idempotent_name(user: &str, key: &str) -> String {
+    let digest = Sha256::digest(format!("{user}\n{key}").as_bytes());
+    format!("aj-{}", &hex::encode(digest)[..20])
+}
+
+/// Creates the job, or returns the one an earlier request with the same key created (`false`).
+pub async fn create_job(
+    state: &AppState,
+    caller: &Caller,
+    request: CreateRequest,
+    key: Option<&str>,
+) -> Result<(AnalysisJob, bool), ApiError> {
+    let namespace = request
+        .metadata
+        .namespace
+        .clone()
+        .or_else(|| state.settings.namespace.clone())
+        .unwrap_or_else(|| state.settings.default_namespace.clone());
+    if state.settings.namespace.as_deref().is_some_and(|ns| ns != namespace) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this gateway creates jobs in namespace {:?} only",
+                state.settings.namespace.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    let mut spec = request.spec;
+    let Some(fields) = spec.as_object_mut() else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec must be an object",
+        ));
+    };
+    // The owner is whoever is authenticated, whatever the body says.
+    fields.insert("userId".into(), json!(caller.user));
+    let spec: AnalysisJobSpec = serde_json::from_value(spec)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid spec: {e}")))?;
+    let name = match (&request.metadata.name, key) {
+        (Some(name), _) => name.clone(),
+        (None, Some(key)) => idempotent_name(&caller.user, key),
+        (None, None) => format!("aj-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+    };
+    let mut job = AnalysisJob::new(&name, spec);
+    job.metadata.namespace = Some(namespace.clone());
+    job.metadata.labels = Some(request.metadata.labels).filter(|l| !l.is_empty());
+    if let Some(key) = key {
+        job.metadata.annotations = Some(BTreeMap::from([(
+            ANNOTATION_IDEMPOTENCY_KEY.to_owned(),
+            key.to_owned(),
+        )]));
+    }
+    let api: Api<AnalysisJob> = Api::namespaced(state.client.clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(MANAGER_GATEWAY.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &job).await {
+        Ok(job) => {
+            tracing::info!(%namespace, %name, user = %caller.user, source = job.spec.source.kind(), "job created");
+            Ok((job, true))
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let existing = api.get_opt(&name).await.map_err(|e| ApiError::kube(&e))?;
+            match existing {
+                Some(existing)
+                    if key.is_some()
+                        && existing.spec.user_id == caller.user
+                        && existing
+                            .annotations()
+                            .get(ANNOTATION_IDEMPOTENCY_KEY)
+                            .map(String::as_str)
+                            == key =>
+                {
+                    Ok((existing, false))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("analysisjob {namespace}/{name} already exists; choose another name"),
+                )),
+            }
+        }
+        Err(err) => Err(ApiError::kube(&err)),
+    }
+}

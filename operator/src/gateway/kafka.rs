@@ -1,0 +1,384 @@
+//! The Kafka side: client settings shared with the workers (docs/internal-contracts.md), and the
+//! consumer loop that stores each event in Redis, then pushes it live.
+//!
+//! Offsets are stored for commit only once the event is durably in Redis. When a write fails,
+//! the partition's first unstored offset is remembered, live pushes go on straight from Kafka,
+//! and once Redis answers again the consumer seeks back there and re-stores what it missed
+//! (without pushing it a second time). A restart in the meantime re-reads from the committed
+//! offset, which never passed the first unstored event.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use streamscan_api::ProgressEvent;
+use tokio_util::sync::CancellationToken;
+
+use super::history::History;
+use super::hub::{Hub, Published};
+use super::metrics::Metrics;
+use super::seqset::Recent;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+/// Kafka client settings, spelled as the workers spell them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (host:port list).
+    #[arg(long, env = "STREAMSCAN_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: String,
+    /// The progress topic.
+    #[arg(long, env = "STREAMSCAN_KAFKA_TOPIC", default_value = "streamscan.progress")]
+    pub kafka_topic: String,
+    #[arg(long, value_enum, default_value_t = SecurityProtocol::Plaintext)]
+    pub kafka_security_protocol: SecurityProtocol,
+    /// Cluster CA certificate (Strimzi `ca.crt`).
+    #[arg(long)]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS (Strimzi KafkaUser `user.crt`).
+    #[arg(long, requires = "kafka_key_file")]
+    pub kafka_cert_file: Option<PathBuf>,
+    /// Client key for mutual TLS (Strimzi KafkaUser `user.key`).
+    #[arg(long, requires = "kafka_cert_file")]
+    pub kafka_key_file: Option<PathBuf>,
+    #[arg(long, default_value = "SCRAM-SHA-512")]
+    pub kafka_sasl_mechanism: String,
+    #[arg(long, env = "STREAMSCAN_KAFKA_USERNAME")]
+    pub kafka_username: Option<String>,
+    /// File holding the SASL password (Strimzi KafkaUser Secret `password`).
+    #[arg(long)]
+    pub kafka_password_file: Option<PathBuf>,
+    /// Consumer group of this replica (default: `streamscan-gateway-<identity>`). Each replica
+    /// needs its own group so that it sees every event.
+    #[arg(long, env = "STREAMSCAN_KAFKA_GROUP_ID")]
+    pub kafka_group_id: Option<String>,
+    /// Where a new consumer group starts reading.
+    #[arg(long, value_enum, default_value_t = OffsetReset::Earliest)]
+    pub kafka_offset_reset: OffsetReset,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("creating the Kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+impl KafkaArgs {
+    /// The librdkafka settings common to every Streamscan Kafka client.
+    pub fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.kafka_bootstrap)
+            .set("security.protocol", self.kafka_security_protocol.as_str());
+        if let Some(ca) = &self.kafka_ca_file {
+            config.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        if let (Some(cert), Some(key)) = (&self.kafka_cert_file, &self.kafka_key_file) {
+            config
+                .set("ssl.certificate.location", cert.to_string_lossy())
+                .set("ssl.key.location", key.to_string_lossy());
+        }
+        if matches!(
+            self.kafka_security_protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        ) {
+            config.set("sasl.mechanism", &self.kafka_sasl_mechanism);
+            if let Some(user) = &self.kafka_username {
+                config.set("sasl.username", user);
+            }
+            if let Some(path) = &self.kafka_password_file {
+                let password = std::fs::read_to_string(path).map_err(|source| KafkaSetupError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                config.set("sasl.password", password.trim());
+            }
+        }
+        Ok(config)
+    }
+
+    /// A consumer of the progress topic that commits only the offsets the loop stores.
+    pub fn consumer(&self, identity: &str) -> Result<StreamConsumer, KafkaSetupError> {
+        let group = self
+            .kafka_group_id
+            .clone()
+            .unwrap_or_else(|| format!("streamscan-gateway-{identity}"));
+        let consumer: StreamConsumer = self
+            .client_config()?
+            .set("group.id", &group)
+            .set("client.id", format!("streamscan-gateway-{identity}"))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match self.kafka_offset_reset {
+                    OffsetReset::Earliest => "earliest",
+                    OffsetReset::Latest => "latest",
+                },
+            )
+            .create()?;
+        consumer.subscribe(&[&self.kafka_topic])?;
+        tracing::info!(topic = %self.kafka_topic, %group, "subscribed to the progress topic");
+        Ok(consumer)
+    }
+}
+
+/// The consumer loop's state.
+pub struct Ingest {
+    pub consumer: Arc<StreamConsumer>,
+    pub topic: String,
+    pub history: History,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// Whether Redis holds every consumed event (false during an outage and its catch-up).
+    pub history_ok: Arc<AtomicBool>,
+    pub recent: Recent,
+    /// Per partition: the first offset Redis did not take.
+    holes: HashMap<i32, i64>,
+    /// Per partition: offsets up to here were already pushed live; while re-reading them after a
+    /// seek back, store but do not push.
+    replay_until: HashMap<i32, i64>,
+    /// Per partition: the highest offset read.
+    high: HashMap<i32, i64>,
+}
+
+impl Ingest {
+    pub fn new(
+        consumer: Arc<StreamConsumer>,
+        topic: String,
+        history: History,
+        hub: Hub,
+        metrics: Metrics,
+        history_ok: Arc<AtomicBool>,
+        recent: Recent,
+    ) -> Self {
+        metrics.history_complete.set(1);
+        Ingest {
+            consumer,
+            topic,
+            history,
+            hub,
+            metrics,
+            history_ok,
+            recent,
+            holes: HashMap::new(),
+            replay_until: HashMap::new(),
+            high: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let consumer = self.consumer.clone();
+        let mut repair = tokio::time::interval(Duration::from_millis(500));
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                msg = consumer.recv() => match msg {
+                    Ok(msg) => self.handle(&msg).await,
+                    Err(err) => {
+                        tracing::warn!(%err, "Kafka consumer error");
+                        // librdkafka retries on its own; pause briefly so a persistent error
+                        // does not spin the loop.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                _ = repair.tick(), if !self.holes.is_empty() => self.repair().await,
+            }
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("committed stored offsets on shutdown"),
+            Err(err) => tracing::debug!(%err, "nothing committed on shutdown"),
+        }
+    }
+
+    async fn handle(&mut self, msg: &BorrowedMessage<'_>) {
+        self.metrics.events_consumed.inc();
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let high = self.high.entry(partition).or_insert(offset);
+        *high = (*high).max(offset);
+        let payload = msg.payload().unwrap_or_default();
+        let event = match ProgressEvent::from_slice(payload) {
+            Ok(event) => event,
+            Err(err) => {
+                self.metrics.events_malformed.inc();
+                tracing::warn!(partition, offset, %err, "dropping a malformed progress event");
+                self.stored(msg);
+                return;
+            }
+        };
+        let replaying = self.replay_until.get(&partition).is_some_and(|until| offset <= *until);
+        if !self.holes.contains_key(&partition) {
+            match self.store(&event, payload).await {
+                Ok(()) => self.stored(msg),
+                Err(err) => {
+                    self.metrics.redis_errors.inc();
+                    self.history_ok.store(false, Ordering::SeqCst);
+                    self.metrics.history_complete.set(0);
+                    self.holes.insert(partition, offset);
+                    tracing::warn!(partition, offset, %err, "Redis write failed; streaming live only until Redis returns");
+                }
+            }
+        }
+        if !replaying {
+            if self.recent.insert(&event.event_id, event.seq) {
+                let published = Arc::new(Published {
+                    analyze_id: event.analyze_id,
+                    event_id: event.event_id,
+                    attempt: event.attempt,
+                    seq: event.seq,
+                    payload: Bytes::copy_from_slice(payload),
+                });
+                let (delivered, dropped) = self.hub.publish(published);
+                self.metrics.events_pushed.inc_by(delivered as u64);
+                self.metrics.slow_client_disconnects.inc_by(dropped as u64);
+            } else {
+                self.metrics.events_duplicate.inc();
+            }
+        } else if self.replay_until.get(&partition).is_some_and(|until| offset >= *until) {
+            self.replay_until.remove(&partition);
+            if self.replay_until.is_empty() && self.holes.is_empty() {
+                self.history_ok.store(true, Ordering::SeqCst);
+                self.metrics.history_complete.set(1);
+                tracing::info!("Redis history caught up with Kafka");
+            }
+        }
+    }
+
+    /// Writes the event; on the final event (or a late one of a finished attempt) checks the stream.
+    async fn store(&self, event: &ProgressEvent, payload: &[u8]) -> Result<(), super::history::HistoryError> {
+        let stored = self.history.store(event, payload).await?;
+        if stored.added {
+            self.metrics.events_stored.inc();
+        }
+        if stored.final_seen && (stored.added || event.status.is_final()) {
+            let recorded = self.history.record_verdict(&event.analyze_id, &event.event_id).await?;
+            let label = if recorded.verdict.ok { "ok" } else { "mismatch" };
+            self.metrics
+                .verdicts
+                .get_or_create(&super::metrics::VerdictLabels {
+                    verdict: label.to_owned(),
+                })
+                .inc();
+            if recorded.newly_mismatched {
+                self.metrics.verdict_mismatches.inc();
+                tracing::warn!(
+                    analyze_id = %event.analyze_id,
+                    event_id = %event.event_id,
+                    namespace = %event.namespace,
+                    name = %event.name,
+                    problems = ?recorded.verdict.problems,
+                    "attempt's event stream does not match its history"
+                );
+            } else if recorded.verdict.ok {
+                tracing::debug!(analyze_id = %event.analyze_id, event_id = %event.event_id, "attempt verified");
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the message's offset for commit, unless an earlier one of its partition is unstored.
+    fn stored(&self, msg: &BorrowedMessage<'_>) {
+        if self.holes.contains_key(&msg.partition()) {
+            return;
+        }
+        if let Err(err) = self.consumer.store_offset_from_message(msg) {
+            tracing::warn!(%err, partition = msg.partition(), offset = msg.offset(), "cannot store the offset");
+        }
+    }
+
+    /// Once Redis answers, seeks each partition with a hole back to it.
+    async fn repair(&mut self) {
+        if let Err(err) = self.history.ping().await {
+            tracing::debug!(%err, "Redis still unavailable");
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in &self.holes {
+            if let Err(err) = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset)) {
+                tracing::warn!(%err, partition, "cannot plan the seek back");
+                return;
+            }
+        }
+        let consumer = self.consumer.clone();
+        let sought = tokio::task::spawn_blocking(move || consumer.seek_partitions(list, Duration::from_secs(5))).await;
+        match sought {
+            Ok(Ok(result)) => {
+                for elem in result.elements() {
+                    if let Err(err) = elem.error() {
+                        tracing::warn!(%err, partition = elem.partition(), "seek back failed; will retry");
+                        return;
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "seek back failed; will retry");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "seek task failed; will retry");
+                return;
+            }
+        }
+        for (partition, offset) in self.holes.drain() {
+            let until = self.high.get(&partition).copied().unwrap_or(offset);
+            let entry = self.replay_until.entry(partition).or_insert(until);
+            *entry = (*entry).max(until);
+            tracing::info!(
+                partition,
+                from = offset,
+                until,
+                "Redis is back; re-reading unstored events"
+            );
+        }
+    }
+}
+
+/// Reachability of the broker (for /readyz) and consumer lag (for /metrics).
+pub fn probe(consumer: &StreamConsumer, topic: &str) -> Result<i64, KafkaError> {
+    let timeout = Duration::from_secs(2);
+    consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut lag = 0i64;
+    let positions = consumer.position()?;
+    for elem in positions.elements() {
+        let (_, high) = consumer.fetch_watermarks(elem.topic(), elem.partition(), timeout)?;
+        if let Offset::Offset(pos) = elem.offset() {
+            lag += (high - pos).max(0);
+        }
+    }
+    Ok(lag)
+}

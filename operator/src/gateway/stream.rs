@@ -1,0 +1,426 @@
+//! Live progress of one job over WebSocket or SSE, resumable after a last seen `(eventId, seq)`:
+//! subscribe to the live hub first, then replay the history from Redis, then go live, dropping
+//! at the seam whatever was already sent, so that there is no gap and no repeat.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::ws::{
+    CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::http::AppState;
+use super::hub::{Published, Subscription};
+use super::jobs::{owned_job, request_cancel};
+use super::seqset::SeqSet;
+
+/// Header telling a client connected without a resume point that history could not be replayed.
+pub const HISTORY_HEADER: &str = "x-streamscan-history";
+
+/// A last seen event: `<eventId>:<seq>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub event_id: String,
+    pub seq: u64,
+}
+
+impl ResumePoint {
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let bad = || ApiError::bad_request(format!("resume point {text:?} must be <eventId>:<seq>"));
+        let (event_id, seq) = text.trim().rsplit_once(':').ok_or_else(bad)?;
+        if event_id.is_empty() {
+            return Err(bad());
+        }
+        Ok(ResumePoint {
+            event_id: event_id.to_owned(),
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    /// Resume after this event (`<eventId>:<seq>`); SSE clients may send `Last-Event-ID` instead.
+    pub after: Option<String>,
+}
+
+/// What a client gets next.
+pub enum Next {
+    Event(Arc<Published>),
+    /// The client fell too far behind and was dropped by the hub.
+    Overflow,
+    Closed,
+}
+
+/// One client's ordered feed: replayed history, then live events not yet sent.
+pub struct Feed {
+    replay: VecDeque<Arc<Published>>,
+    sub: Subscription,
+    sent: HashMap<String, SeqSet>,
+    pub history_replayed: bool,
+    pub last: Option<(String, u64)>,
+}
+
+impl Feed {
+    pub async fn open(state: &AppState, analyze_id: &str, after: Option<ResumePoint>) -> Result<Feed, ApiError> {
+        // Subscribe before reading history, so nothing published meanwhile is missed.
+        let sub = state.hub.subscribe(analyze_id);
+        let mut feed = Feed {
+            replay: VecDeque::new(),
+            sub,
+            sent: HashMap::new(),
+            history_replayed: false,
+            last: after.as_ref().map(|a| (a.event_id.clone(), a.seq)),
+        };
+        if let Some(after) = &after {
+            feed.sent.insert(after.event_id.clone(), SeqSet::through(after.seq));
+        }
+        if !state.history_ok.load(Ordering::SeqCst) {
+            if after.is_some() {
+                return Err(ApiError::unavailable(
+                    "event history is unavailable (Redis is down or catching up), so this stream cannot resume; retry later or connect without a resume point for live events only",
+                ));
+            }
+            return Ok(feed);
+        }
+        match load(state, analyze_id, after.as_ref(), &mut feed).await {
+            Ok(()) => {
+                feed.history_replayed = true;
+                Ok(feed)
+            }
+            Err(err) if after.is_some() => Err(ApiError::redis(&err)),
+            Err(err) => {
+                tracing::warn!(%err, "history unavailable; streaming live only");
+                feed.replay.clear();
+                Ok(feed)
+            }
+        }
+    }
+
+    /// Cancel-safe: the only await is the hub queue's `recv`.
+    pub async fn next(&mut self) -> Next {
+        if let Some(event) = self.replay.pop_front() {
+            self.last = Some((event.event_id.clone(), event.seq));
+            return Next::Event(event);
+        }
+        loop {
+            let Some(event) = self.sub.rx.recv().await else {
+                return if self.sub.overflowed() {
+                    Next::Overflow
+                } else {
+                    Next::Closed
+                };
+            };
+            let fresh = match self.sent.get_mut(&event.event_id) {
+                Some(set) => set.insert(event.seq),
+                None => {
+                    let mut set = SeqSet::default();
+                    set.insert(event.seq);
+                    self.sent.insert(event.event_id.clone(), set);
+                    true
+                }
+            };
+            if fresh {
+                self.last = Some((event.event_id.clone(), event.seq));
+                return Next::Event(event);
+            }
+        }
+    }
+
+    /// The resume point to give a client that has to reconnect.
+    pub fn resume_hint(&self) -> String {
+        match &self.last {
+            Some((event_id, seq)) => format!("{event_id}:{seq}"),
+            None => String::new(),
+        }
+    }
+}
+
+async fn load(
+    state: &AppState,
+    analyze_id: &str,
+    after: Option<&ResumePoint>,
+    feed: &mut Feed,
+) -> Result<(), super::history::HistoryError> {
+    let attempts = state.history.attempts(analyze_id).await?;
+    let resume_attempt = after.and_then(|a| attempts.iter().find(|(_, e)| *e == a.event_id).map(|(n, _)| *n));
+    for (attempt, event_id) in attempts {
+        if resume_attempt.is_some_and(|r| attempt < r) {
+            // The client has moved past this attempt: never send it again.
+            feed.sent.insert(event_id, SeqSet::all());
+            continue;
+        }
+        for (seq, payload) in state.history.events(analyze_id, &event_id).await? {
+            let set = feed.sent.entry(event_id.clone()).or_default();
+            if set.insert(seq) {
+                feed.replay.push_back(Arc::new(Published {
+                    analyze_id: analyze_id.to_owned(),
+                    event_id: event_id.clone(),
+                    attempt,
+                    seq,
+                    payload,
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts a connected client for as long as it lives.
+struct ClientGuard(prometheus_client::metrics::gauge::Gauge);
+impl ClientGuard {
+    fn new(state: &AppState, transport: &str) -> Self {
+        let g = state.metrics.clients(transport);
+        g.inc();
+        ClientGuard(g)
+    }
+}
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let job = owned_job(&state, &caller, &namespace, &name).await?;
+    let analyze_id = job.uid().unwrap_or_default();
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let after = match (&query.after, last_event_id) {
+        (Some(a), _) => Some(ResumePoint::parse(a)?),
+        (None, Some(l)) if !l.trim().is_empty() => Some(ResumePoint::parse(l)?),
+        _ => None,
+    };
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    match ws {
+        Ok(ws) => {
+            let feed = Feed::open(&state, &analyze_id, after).await?;
+            let replayed = feed.history_replayed;
+            let max = state.settings.max_ws_message_bytes;
+            let mut response = ws
+                .max_message_size(max)
+                .max_frame_size(max)
+                .on_upgrade(move |socket| websocket(socket, state, caller, namespace, name, feed));
+            mark_history(&mut response, replayed);
+            Ok(response)
+        }
+        Err(_) if wants_sse => {
+            let feed = Feed::open(&state, &analyze_id, after).await?;
+            let replayed = feed.history_replayed;
+            let mut response = sse(state, feed).into_response();
+            mark_history(&mut response, replayed);
+            Ok(response)
+        }
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::NOT_ACCEPTABLE,
+            "open this URL as a WebSocket, or send Accept: text/event-stream for Server-Sent Events",
+        )),
+    }
+}
+
+fn mark_history(response: &mut Response, replayed: bool) {
+    let value = if replayed { "replayed" } else { "unavailable" };
+    response
+        .headers_mut()
+        .insert(HISTORY_HEADER, HeaderValue::from_static(value));
+}
+
+fn sse(state: Arc<AppState>, feed: Feed) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let heartbeat = state.settings.heartbeat;
+    let guard = ClientGuard::new(&state, "sse");
+    let shutdown = state.shutdown.clone();
+    let stream = futures::stream::unfold(Some((feed, state, guard, shutdown)), |st| async move {
+        let (mut feed, state, guard, shutdown) = st?;
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            next = feed.next() => next,
+        };
+        match next {
+            Next::Event(e) => {
+                state.metrics.events_pushed.inc();
+                let data = std::str::from_utf8(&e.payload).unwrap_or_default();
+                let event = Event::default().id(format!("{}:{}", e.event_id, e.seq)).data(data);
+                Some((Ok(event), Some((feed, state, guard, shutdown))))
+            }
+            Next::Overflow => {
+                let comment = format!(
+                    "disconnected: too slow to keep up; reconnect with Last-Event-ID: {}",
+                    feed.resume_hint()
+                );
+                Some((Ok(Event::default().comment(comment)), None))
+            }
+            Next::Closed => None,
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+}
+
+#[derive(Deserialize)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+async fn websocket(
+    mut socket: WebSocket,
+    state: Arc<AppState>,
+    caller: Caller,
+    namespace: String,
+    name: String,
+    mut feed: Feed,
+) {
+    let _guard = ClientGuard::new(&state, "websocket");
+    let heartbeat = state.settings.heartbeat;
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let send_timeout = heartbeat * 2;
+    let close = |code: u16, reason: String| {
+        // Close reasons are limited to 123 bytes.
+        let mut reason = reason;
+        reason.truncate(120);
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        }))
+    };
+    loop {
+        let outgoing = tokio::select! {
+            () = state.shutdown.cancelled() => Some(close(1001, "gateway shutting down; reconnect".into())),
+            next = feed.next() => match next {
+                Next::Event(e) => match Utf8Bytes::try_from(e.payload.clone()) {
+                    Ok(text) => {
+                        state.metrics.events_pushed.inc();
+                        Some(Message::Text(text))
+                    }
+                    Err(_) => None,
+                },
+                Next::Overflow => {
+                    let hint = feed.resume_hint();
+                    let _ = send(&mut socket, close(1013, format!("too slow; reconnect with after={hint}")), send_timeout).await;
+                    tracing::info!(%namespace, %name, "disconnected a slow WebSocket client");
+                    return;
+                }
+                Next::Closed => Some(close(1001, "stream closed".into())),
+            },
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) => return,
+                Some(Ok(msg)) => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Message::Text(text) => Some(on_client_text(&state, &caller, &namespace, &name, &text).await),
+                        Message::Close(_) => return,
+                        _ => None,
+                    }
+                }
+            },
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > heartbeat * 3 {
+                    tracing::info!(%namespace, %name, "WebSocket client stopped answering pings; closing");
+                    let _ = send(&mut socket, close(1001, "heartbeat timeout".into()), send_timeout).await;
+                    return;
+                }
+                Some(Message::Ping(Bytes::from_static(b"hb")))
+            }
+        };
+        if let Some(msg) = outgoing {
+            let closing = matches!(msg, Message::Close(_));
+            if send(&mut socket, msg, send_timeout).await.is_err() || closing {
+                return;
+            }
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, msg: Message, timeout: Duration) -> Result<(), ()> {
+    match tokio::time::timeout(timeout, socket.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+async fn on_client_text(state: &AppState, caller: &Caller, namespace: &str, name: &str, text: &str) -> Message {
+    let reply = match serde_json::from_str::<ClientMessage>(text) {
+        Ok(m) if m.kind == "cancel" => match request_cancel(state, caller, namespace, name).await {
+            Ok(_) => serde_json::json!({"type": "cancelAccepted"}),
+            Err(err) => serde_json::json!({"type": "error", "code": err.status.as_u16(), "message": err.message}),
+        },
+        Ok(m) => {
+            serde_json::json!({"type": "error", "message": format!("unknown message type {:?}; expected \"cancel\"", m.kind)})
+        }
+        Err(e) => {
+            serde_json::json!({"type": "error", "message": format!("messages must be JSON objects with a type: {e}")})
+        }
+    };
+    Message::Text(Utf8Bytes::from(reply.to_string()))
+}
+
+/// `GET .../history`: the stored events of every attempt, in order (503 while Redis is out).
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let job = owned_job(&state, &caller, &namespace, &name).await?;
+    if !state.history_ok.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "event history is unavailable (Redis is down or catching up); retry later",
+        ));
+    }
+    let analyze_id = job.uid().unwrap_or_default();
+    let mut out = Vec::new();
+    for (_, event_id) in state
+        .history
+        .attempts(&analyze_id)
+        .await
+        .map_err(|e| ApiError::redis(&e))?
+    {
+        for (_, payload) in state
+            .history
+            .events(&analyze_id, &event_id)
+            .await
+            .map_err(|e| ApiError::redis(&e))?
+        {
+            out.push(serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null));
+        }
+    }
+    Ok(Json(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_points_parse() {
+        let p = ResumePoint::parse("abc-1:42").unwrap();
+        assert_eq!((p.event_id.as_str(), p.seq), ("abc-1", 42));
+        let p = ResumePoint::parse("a:b:7").unwrap();
+        assert_eq!((p.event_id.as_str(), p.seq), ("a:b", 7));
+        assert!(ResumePoint::parse("nocolon").is_err());
+        assert!(ResumePoint::parse(":3").is_err());
+        assert!(ResumePoint::parse("x:-1").is_err());
+    }
+}

@@ -1,0 +1,1233 @@
+//! The real `streamscan-operator gateway` binary against a real `redis-server` (started here on a
+//! free port), librdkafka's mock Kafka cluster (real protocol on real TCP ports) and the
+//! Kubernetes API simulator, with stub workers registered as pods by the simulator's kubelet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, ResourceExt};
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use streamscan_api::names::{LABEL_COMPONENT, LABEL_SERVER_ID};
+use streamscan_api::{AnalysisJob, EVENT_VERSION, EventStatus, ProgressEvent};
+use streamscan_e2e::Simulator;
+use streamscan_e2e::sim::kubelet::{Kubelet, PodTemplate};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+type Res<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOPIC: &str = "streamscan.progress";
+const SECRET: &[u8] = b"test-secret-for-the-gateway";
+const WORKER_TOKEN: &str = "internal-worker-token";
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Res<T> {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .map_err(|_| format!("timed out after {WAIT:?} waiting for {what}").into())
+}
+
+// ---------------------------------------------------------------- redis-server
+
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Redis {
+    async fn start(dir: &Path) -> Res<Self> {
+        let port = free_port()?;
+        Self::start_on(dir, port).await
+    }
+
+    /// Starts on `port` with an always-fsynced append-only file in `dir`, so that a restart after
+    /// SIGKILL keeps what was written (the outage test needs the data to survive).
+    async fn start_on(dir: &Path, port: u16) -> Res<Self> {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start redis-server ({e}): install it (Debian: apt-get install redis-server); scripts/test.sh does so as root")
+            })?;
+        let stdout = child.stdout.take().ok_or("no redis stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        within("redis-server to accept connections", async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("Ready to accept connections") {
+                    // Keep draining so redis never blocks on a full pipe.
+                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                    return Ok(());
+                }
+            }
+            Err::<(), Box<dyn std::error::Error + Send + Sync>>("redis-server exited before it was ready".into())
+        })
+        .await??;
+        Ok(Redis {
+            port,
+            dir: dir.to_owned(),
+            child,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn kill(&mut self) -> Res {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    async fn restart(&mut self) -> Res {
+        let fresh = Redis::start_on(&self.dir, self.port).await?;
+        *self = fresh;
+        Ok(())
+    }
+
+    async fn conn(&self) -> Res<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// ---------------------------------------------------------------- Kafka
+
+struct Kafka {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    producer: FutureProducer,
+}
+
+impl Kafka {
+    fn start() -> Res<Self> {
+        let cluster = MockCluster::new(1)?;
+        cluster.create_topic(TOPIC, 3, 1)?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create()?;
+        Ok(Kafka { cluster, producer })
+    }
+
+    fn bootstrap(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    async fn send(&self, key: &str, payload: &[u8]) -> Res {
+        self.producer
+            .send(
+                FutureRecord::to(TOPIC).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| format!("producing: {e}"))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- the harness
+
+struct Gateway {
+    api: SocketAddr,
+    ops: SocketAddr,
+    child: Child,
+}
+
+impl Gateway {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    async fn metric(&self, name: &str) -> Res<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.ops))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+struct Harness {
+    _sim: Simulator,
+    dir: tempfile::TempDir,
+    jobs: Api<AnalysisJob>,
+    kubelet: Kubelet,
+    kafka: Kafka,
+    redis: Redis,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start() -> Res<Self> {
+        let sim = Simulator::start().await?;
+        let client = sim.client()?;
+        let dir = tempfile::tempdir()?;
+        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/analysisjob.yaml"))?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)?;
+        let crd: CustomResourceDefinition =
+            serde_json::from_value(docs.into_iter().find(|d| !d.is_null()).ok_or("empty CRD file")?)?;
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(&PostParams::default(), &crd).await?;
+        within(
+            "the CRD to be established",
+            await_condition(crds, "analysisjobs.streamscan.io", conditions::is_crd_established()),
+        )
+        .await??;
+        std::fs::write(dir.path().join("jwt.key"), SECRET)?;
+        std::fs::write(dir.path().join("worker.token"), WORKER_TOKEN)?;
+        let redis_dir = dir.path().join("redis");
+        std::fs::create_dir_all(&redis_dir)?;
+        let redis = Redis::start(&redis_dir).await?;
+        Ok(Harness {
+            kubelet: Kubelet::new(client.clone(), "default"),
+            jobs: Api::namespaced(client.clone(), "default"),
+            kafka: Kafka::start()?,
+            http: reqwest::Client::builder().no_proxy().build()?,
+            _sim: sim,
+            dir,
+            redis,
+        })
+    }
+
+    /// Starts the gateway binary and waits until its API and ops endpoints listen.
+    async fn gateway(&self, name: &str, extra: &[&str]) -> Res<Gateway> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_streamscan-operator"))
+            .arg("gateway")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(["--kafka-bootstrap", &self.kafka.bootstrap(), "--kafka-topic", TOPIC])
+            .args(["--redis-url", &self.redis.url(), "--redis-timeout-ms", "500"])
+            .arg("--jwt-hs256-secret-file")
+            .arg(self.dir.path().join("jwt.key"))
+            .arg("--worker-token-file")
+            .arg(self.dir.path().join("worker.token"))
+            .args(["--heartbeat-seconds", "5", "--identity", name])
+            .args(extra)
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("RUST_LOG", "info,streamscan_operator=debug,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let mut log = tokio::fs::File::create(self.dir.path().join(format!("{name}.log"))).await?;
+        let (tx, mut rx) = watch::channel((None::<SocketAddr>, None::<SocketAddr>));
+        // Tee the log to a file and pick the bound addresses out of it.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let parse = |k: &str| v.get(k).and_then(Value::as_str).and_then(|s| s.parse().ok());
+                    tx.send_modify(|(api, ops)| {
+                        *api = api.or(parse("api_addr"));
+                        *ops = ops.or(parse("ops_addr"));
+                    });
+                }
+            }
+        });
+        let (api, ops) = within(&format!("gateway {name} to listen"), async {
+            loop {
+                if let (Some(api), Some(ops)) = *rx.borrow_and_update() {
+                    return Ok((api, ops));
+                }
+                if rx.changed().await.is_err() {
+                    return Err(format!(
+                        "gateway {name} exited before listening; log: {}",
+                        self.log(name)
+                    ));
+                }
+            }
+        })
+        .await??;
+        Ok(Gateway { api, ops, child })
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    async fn create_job(&self, name: &str, user: &str) -> Res<AnalysisJob> {
+        let job: AnalysisJob = serde_json::from_value(json!({
+            "apiVersion": "streamscan.io/v1alpha1",
+            "kind": "AnalysisJob",
+            "metadata": {"name": name},
+            "spec": {"userId": user, "source": {"url": {"location": "https://example.com/a.bin"}}},
+        }))?;
+        Ok(self.jobs.create(&PostParams::default(), &job).await?)
+    }
+
+    async fn send(&self, event: &ProgressEvent) -> Res {
+        self.kafka.send(&event.analyze_id, &serde_json::to_vec(event)?).await
+    }
+}
+
+fn token(user: &str, admin: bool) -> String {
+    token_with(user, admin, SECRET)
+}
+
+fn token_with(user: &str, admin: bool, secret: &[u8]) -> String {
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": user, "exp": exp, "admin": admin}),
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
+}
+
+/// An attempt's event stream, as a worker would produce it.
+struct Stream {
+    job: AnalysisJob,
+    event_id: String,
+    attempt: u32,
+    total: u64,
+}
+
+impl Stream {
+    fn new(job: &AnalysisJob, event_id: &str) -> Self {
+        Stream {
+            job: job.clone(),
+            event_id: event_id.to_owned(),
+            attempt: 1,
+            total: 1000,
+        }
+    }
+
+    fn at(&self, seq: u64, last: u64) -> ProgressEvent {
+        let status = if seq == 0 {
+            EventStatus::Started
+        } else if seq == last {
+            EventStatus::Completed
+        } else {
+            EventStatus::Progress
+        };
+        ProgressEvent {
+            version: EVENT_VERSION,
+            user_id: self.job.spec.user_id.clone(),
+            event_id: self.event_id.clone(),
+            server_id: "0".into(),
+            analyze_id: self.job.uid().unwrap_or_default(),
+            namespace: "default".into(),
+            name: self.job.name_any(),
+            attempt: self.attempt,
+            status,
+            seq,
+            bytes_processed: if seq == last { self.total } else { seq * 10 },
+            total_bytes: Some(self.total),
+            timestamp: jiff::Timestamp::now(),
+            reason: None,
+            message: None,
+            retriable: None,
+            result: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(gw: &Gateway, job: &str, user_token: &str, after: Option<&str>) -> Res<Ws> {
+    let mut url = format!("ws://{}/v1/jobs/default/{job}/events", gw.api);
+    if let Some(a) = after {
+        url.push_str(&format!("?after={a}"));
+    }
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {user_token}").parse()?);
+    let (ws, _) = within("the WebSocket handshake", tokio_tungstenite::connect_async(request)).await??;
+    Ok(ws)
+}
+
+/// Next text message (skipping pings), parsed.
+async fn ws_next(ws: &mut Ws) -> Res<Value> {
+    within("a WebSocket message", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str::<Value>(&t)?),
+                Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}").into()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err("WebSocket ended".into()),
+            }
+        }
+    })
+    .await?
+}
+
+async fn ws_seqs(ws: &mut Ws, n: usize) -> Res<Vec<u64>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let v = ws_next(ws).await?;
+        out.push(v["seq"].as_u64().ok_or_else(|| format!("no seq in {v}"))?);
+    }
+    Ok(out)
+}
+
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Sse {
+    async fn connect(h: &Harness, gw: &Gateway, job: &str, user_token: &str, last: Option<&str>) -> Res<Self> {
+        let mut req = h
+            .http
+            .get(gw.url(&format!("/v1/jobs/default/{job}/events")))
+            .bearer_auth(user_token)
+            .header("accept", "text/event-stream");
+        if let Some(l) = last {
+            req = req.header("last-event-id", l);
+        }
+        let resp = within("the SSE response", req.send()).await??;
+        if resp.status() != 200 {
+            return Err(format!("SSE answered {}: {}", resp.status(), resp.text().await?).into());
+        }
+        Ok(Sse {
+            body: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        })
+    }
+
+    /// Next event as (id, data), skipping comments.
+    async fn next(&mut self) -> Res<(String, String)> {
+        within("an SSE event", async {
+            loop {
+                if let Some(end) = self.buf.find("\n\n") {
+                    let block: String = self.buf.drain(..end + 2).collect();
+                    let (mut id, mut data) = (String::new(), Vec::new());
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("id:") {
+                            id = v.trim_start().to_owned();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                        }
+                    }
+                    if !data.is_empty() {
+                        return Ok((id, data.join("\n")));
+                    }
+                    continue;
+                }
+                match self.body.next().await {
+                    Some(chunk) => self.buf.push_str(std::str::from_utf8(&chunk?)?),
+                    None => return Err::<_, Box<dyn std::error::Error + Send + Sync>>("SSE stream ended".into()),
+                }
+            }
+        })
+        .await?
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn websocket_and_sse_receive_events_in_order_and_resume_without_gap_or_repeat() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let job = h.create_job("fw", "alice").await?;
+    let alice = token("alice", false);
+    let s = Stream::new(&job, "ev-1");
+
+    let mut ws = ws_connect(&gw, "fw", &alice, None).await?;
+    let mut sse = Sse::connect(&h, &gw, "fw", &alice, None).await?;
+    // A malformed record first: refused, counted, and the stream goes on.
+    h.kafka.send(&job.uid().unwrap_or_default(), b"{not json").await?;
+    let sent: Vec<ProgressEvent> = (0..6).map(|i| s.at(i, 9)).collect();
+    for e in &sent {
+        h.send(e).await?;
+    }
+    for e in &sent {
+        let got = ws_next(&mut ws).await?;
+        assert_eq!(got, serde_json::to_value(e)?, "WebSocket push must be the Kafka JSON");
+        let (id, data) = sse.next().await?;
+        assert_eq!(id, format!("ev-1:{}", e.seq));
+        assert_eq!(data, serde_json::to_string(e)?, "SSE data must be the exact Kafka JSON");
+    }
+    assert!(gw.metric("streamscan_gateway_events_malformed_total").await? >= 1.0);
+
+    // Reconnect after seq 2 (WebSocket) and after seq 4 (SSE Last-Event-ID): history, then live.
+    drop(ws);
+    drop(sse);
+    let mut ws = ws_connect(&gw, "fw", &alice, Some("ev-1:2")).await?;
+    let mut sse = Sse::connect(&h, &gw, "fw", &alice, Some("ev-1:4")).await?;
+    for i in 6..10 {
+        h.send(&s.at(i, 9)).await?;
+    }
+    assert_eq!(ws_seqs(&mut ws, 7).await?, (3..10).collect::<Vec<_>>());
+    let mut ids = Vec::new();
+    for _ in 5..10 {
+        ids.push(sse.next().await?.0);
+    }
+    assert_eq!(ids, (5..10).map(|i| format!("ev-1:{i}")).collect::<Vec<_>>());
+
+    // A client that connects after the end gets the whole history once, in order.
+    let mut late = ws_connect(&gw, "fw", &alice, None).await?;
+    assert_eq!(ws_seqs(&mut late, 10).await?, (0..10).collect::<Vec<_>>());
+    // Nothing more is queued for it: a short wait shows no extra (repeated) event.
+    let extra = tokio::time::timeout(Duration::from_millis(1500), async {
+        loop {
+            match late.next().await {
+                Some(Ok(Message::Text(t))) => return Some(t),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    assert!(extra.is_err() || extra == Ok(None), "repeated event: {extra:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicates_and_out_of_order_are_stored_once_in_order_and_verdicts_recorded() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let alice = token("alice", false);
+
+    // Clean stream, delivered out of order and with duplicates before its final event.
+    let job = h.create_job("clean", "alice").await?;
+    let s = Stream::new(&job, "ev-clean");
+    let mut ws = ws_connect(&gw, "clean", &alice, None).await?;
+    for seq in [0, 2, 1, 1, 0, 2, 3] {
+        h.send(&s.at(seq, 3)).await?;
+    }
+    assert_eq!(ws_seqs(&mut ws, 4).await?, vec![0, 2, 1, 3], "each event pushed once");
+    let history: Vec<Value> = h
+        .http
+        .get(gw.url("/v1/jobs/default/clean/history"))
+        .bearer_auth(&alice)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let seqs: Vec<u64> = history.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3], "stored once each, in seq order");
+    let mut redis = h.redis.conn().await?;
+    let key = format!("streamscan:{{{}}}:events:ev-clean", job.uid().unwrap_or_default());
+    let card: u64 = redis::cmd("ZCARD").arg(&key).query_async(&mut redis).await?;
+    assert_eq!(card, 4);
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut redis).await?;
+    assert!(ttl > 0 && ttl <= 600, "history has the default 10 min TTL, got {ttl}");
+    let verdict: Value = h
+        .http
+        .get(gw.url("/v1/jobs/default/clean/verdict"))
+        .bearer_auth(&alice)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(verdict["verdicts"][0]["ok"], json!(true), "{verdict}");
+
+    // A stream with a gap is flagged: logged, counted, visible through the API.
+    let job = h.create_job("gappy", "alice").await?;
+    let s = Stream::new(&job, "ev-gap");
+    let mut ws = ws_connect(&gw, "gappy", &alice, None).await?;
+    for seq in [0, 1, 3] {
+        h.send(&s.at(seq, 3)).await?;
+    }
+    assert_eq!(ws_seqs(&mut ws, 3).await?, vec![0, 1, 3]);
+    let verdict: Value = h
+        .http
+        .get(gw.url("/v1/jobs/default/gappy/verdict"))
+        .bearer_auth(&alice)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let v = &verdict["verdicts"][0];
+    assert_eq!(v["ok"], json!(false), "{verdict}");
+    assert!(v["problems"].to_string().contains("seq gap"), "{verdict}");
+    assert_eq!(gw.metric("streamscan_gateway_verdict_mismatches_total").await?, 1.0);
+    assert!(h.log("gw").contains("does not match its history"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_replicas_each_push_every_event_and_store_it_once() -> Res {
+    let h = Harness::start().await?;
+    let a = h.gateway("gw-a", &[]).await?;
+    let b = h.gateway("gw-b", &[]).await?;
+    let job = h.create_job("shared", "alice").await?;
+    let alice = token("alice", false);
+    let s = Stream::new(&job, "ev-shared");
+    let mut wa = ws_connect(&a, "shared", &alice, None).await?;
+    let mut wb = ws_connect(&b, "shared", &alice, None).await?;
+    for seq in 0..20 {
+        h.send(&s.at(seq, 19)).await?;
+    }
+    assert_eq!(ws_seqs(&mut wa, 20).await?, (0..20).collect::<Vec<_>>());
+    assert_eq!(ws_seqs(&mut wb, 20).await?, (0..20).collect::<Vec<_>>());
+    let mut redis = h.redis.conn().await?;
+    let key = format!("streamscan:{{{}}}:events:ev-shared", job.uid().unwrap_or_default());
+    let card: u64 = redis::cmd("ZCARD").arg(&key).query_async(&mut redis).await?;
+    assert_eq!(card, 20, "each event stored exactly once");
+    let stored = a.metric("streamscan_gateway_events_stored_total").await?
+        + b.metric("streamscan_gateway_events_stored_total").await?;
+    assert_eq!(stored, 20.0, "the replicas together wrote each event once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_live_streaming_and_loses_nothing_from_history() -> Res {
+    let mut h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let job = h.create_job("outage", "alice").await?;
+    let alice = token("alice", false);
+    let s = Stream::new(&job, "ev-o");
+    let mut ws = ws_connect(&gw, "outage", &alice, None).await?;
+    for seq in 0..4 {
+        h.send(&s.at(seq, 11)).await?;
+    }
+    assert_eq!(ws_seqs(&mut ws, 4).await?, vec![0, 1, 2, 3]);
+
+    h.redis.kill().await?;
+    for seq in 4..8 {
+        h.send(&s.at(seq, 11)).await?;
+    }
+    assert_eq!(
+        ws_seqs(&mut ws, 4).await?,
+        vec![4, 5, 6, 7],
+        "live streaming goes on without Redis"
+    );
+    let history = h
+        .http
+        .get(gw.url("/v1/jobs/default/outage/history"))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    assert_eq!(history.status(), 503);
+    assert!(history.text().await?.contains("unavailable"));
+    let resume = h
+        .http
+        .get(gw.url("/v1/jobs/default/outage/events"))
+        .bearer_auth(&alice)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "ev-o:3")
+        .send()
+        .await?;
+    assert_eq!(resume.status(), 503, "resume needs the history");
+
+    h.redis.restart().await?;
+    for seq in 8..12 {
+        h.send(&s.at(seq, 11)).await?;
+    }
+    assert_eq!(
+        ws_seqs(&mut ws, 4).await?,
+        vec![8, 9, 10, 11],
+        "no repeat after the catch-up"
+    );
+    // History returns once the gateway has re-read what Redis missed; poll its API (bounded).
+    let deadline = Instant::now() + WAIT;
+    let seqs = loop {
+        let resp = h
+            .http
+            .get(gw.url("/v1/jobs/default/outage/history"))
+            .bearer_auth(&alice)
+            .send()
+            .await?;
+        if resp.status() == 200 {
+            let events: Vec<Value> = resp.json().await?;
+            let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+            if seqs.len() == 12 {
+                break seqs;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("history never caught up; log: {}", h.log("gw")).into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seqs, (0..12).collect::<Vec<_>>());
+    assert!(gw.metric("streamscan_gateway_redis_errors_total").await? >= 1.0);
+    // And the resume that was refused now works, without gap or repeat.
+    let mut ws2 = ws_connect(&gw, "outage", &alice, Some("ev-o:3")).await?;
+    assert_eq!(ws_seqs(&mut ws2, 8).await?, (4..12).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_over_websocket_and_rest_sets_spec_cancel_for_the_owner_only() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    h.create_job("c1", "alice").await?;
+    h.create_job("c2", "alice").await?;
+    let alice = token("alice", false);
+    let mut ws = ws_connect(&gw, "c1", &alice, None).await?;
+    ws.send(Message::Text(r#"{"type":"cancel"}"#.into())).await?;
+    assert_eq!(ws_next(&mut ws).await?["type"], json!("cancelAccepted"));
+    assert_eq!(h.jobs.get("c1").await?.spec.cancel, Some(true));
+
+    let bob = h
+        .http
+        .post(gw.url("/v1/jobs/default/c2/cancel"))
+        .bearer_auth(token("bob", false))
+        .send()
+        .await?;
+    assert_eq!(bob.status(), 404);
+    assert_eq!(h.jobs.get("c2").await?.spec.cancel, None);
+    let ok = h
+        .http
+        .post(gw.url("/v1/jobs/default/c2/cancel"))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    assert_eq!(ok.status(), 202);
+    assert_eq!(h.jobs.get("c2").await?.spec.cancel, Some(true));
+    Ok(())
+}
+
+#[tokio::test]
+async fn users_see_only_their_jobs_and_bad_tokens_are_refused() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    h.create_job("alices", "alice").await?;
+    let get = |path: &str, tok: Option<String>| {
+        let mut r = h.http.get(gw.url(path));
+        if let Some(t) = tok {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let foreign = get("/v1/jobs/default/alices", Some(token("bob", false))).await?;
+    assert_eq!(foreign.status(), 404);
+    let foreign_body = foreign.text().await?;
+    let missing = get("/v1/jobs/default/nope", Some(token("bob", false))).await?;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        foreign_body.replace("alices", "X"),
+        missing.text().await?.replace("nope", "X"),
+        "a foreign job looks exactly like a missing one"
+    );
+    for path in ["events", "history", "verdict", "result"] {
+        let r = get(&format!("/v1/jobs/default/alices/{path}"), Some(token("bob", false))).await?;
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let list: Value = get("/v1/jobs", Some(token("bob", false))).await?.json().await?;
+    assert_eq!(list["items"], json!([]));
+    let list: Value = get("/v1/jobs", Some(token("alice", false))).await?.json().await?;
+    assert_eq!(list["items"][0]["metadata"]["name"], json!("alices"));
+    assert_eq!(
+        get("/v1/jobs/default/alices", Some(token("root", true)))
+            .await?
+            .status(),
+        200
+    );
+    assert_eq!(
+        get("/v1/jobs/default/alices", Some(token("alice", false)))
+            .await?
+            .status(),
+        200
+    );
+
+    let forged = token_with("alice", true, b"not-the-secret");
+    assert_eq!(get("/v1/jobs/default/alices", Some(forged)).await?.status(), 401);
+    assert_eq!(get("/v1/jobs/default/alices", None).await?.status(), 401);
+    assert_eq!(
+        get("/v1/jobs/default/alices", Some("garbage".into())).await?.status(),
+        401
+    );
+    let ws = tokio_tungstenite::connect_async(format!("ws://{}/v1/jobs/default/alices/events", gw.api)).await;
+    assert!(
+        matches!(ws, Err(tungstenite::Error::Http(ref r)) if r.status() == 401),
+        "{ws:?}"
+    );
+    // Oversized headers are refused.
+    let big = h
+        .http
+        .get(gw.url("/v1/jobs"))
+        .bearer_auth(token("alice", false))
+        .header("x-padding", "a".repeat(20_000))
+        .send()
+        .await?;
+    assert_eq!(big.status(), 431);
+    Ok(())
+}
+
+#[tokio::test]
+async fn create_is_idempotent_and_forces_the_owner() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let body = json!({"spec": {"userId": "mallory", "source": {"url": {"location": "https://example.com/f.bin"}}}});
+    let post = || {
+        h.http
+            .post(gw.url("/v1/jobs"))
+            .bearer_auth(token("alice", false))
+            .header("idempotency-key", "req-1")
+            .json(&body)
+            .send()
+    };
+    let first = post().await?;
+    assert_eq!(first.status(), 201);
+    let first: AnalysisJob = first.json().await?;
+    assert_eq!(
+        first.spec.user_id, "alice",
+        "the owner is the caller, whatever the body says"
+    );
+    let again = post().await?;
+    assert_eq!(again.status(), 200, "a retried request returns the same job");
+    let again: AnalysisJob = again.json().await?;
+    assert_eq!(again.name_any(), first.name_any());
+    assert_eq!(
+        again
+            .annotations()
+            .get("streamscan.io/idempotency-key")
+            .map(String::as_str),
+        Some("req-1")
+    );
+    let invalid = h
+        .http
+        .post(gw.url("/v1/jobs"))
+        .bearer_auth(token("alice", false))
+        .json(&json!({"spec": {"source": {}}}))
+        .send()
+        .await?;
+    assert_eq!(invalid.status(), 422, "{}", invalid.text().await?);
+    Ok(())
+}
+
+/// A stub worker: serves one report and records each call's method, path and Authorization.
+type Calls = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
+
+async fn stub_worker(report: &'static [u8]) -> Res<(u16, Calls)> {
+    use axum::extract::Request;
+    let calls: Calls = Arc::default();
+    let seen = calls.clone();
+    let digest = hex::encode(Sha256::digest(report));
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let seen = seen.clone();
+        let digest = digest.clone();
+        async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((method.clone(), path.clone(), auth));
+            use axum::response::IntoResponse;
+            match method.as_str() {
+                "GET" => (
+                    [
+                        ("content-type", "application/zstd".to_owned()),
+                        ("x-streamscan-report-sha256", digest),
+                    ],
+                    report,
+                )
+                    .into_response(),
+                "PUT" => {
+                    let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
+                        .await
+                        .unwrap_or_default();
+                    let answer = json!({"bytes": bytes.len(), "sha256": hex::encode(Sha256::digest(&bytes))});
+                    (axum::http::StatusCode::CREATED, answer.to_string()).into_response()
+                }
+                _ => axum::http::StatusCode::NO_CONTENT.into_response(),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((port, calls))
+}
+
+async fn register_worker(h: &Harness, id: &str, port: u16) -> Res {
+    h.kubelet
+        .register(PodTemplate {
+            name: format!("worker-{id}"),
+            labels: BTreeMap::from([
+                (LABEL_COMPONENT.to_owned(), "worker".to_owned()),
+                (LABEL_SERVER_ID.to_owned(), id.to_owned()),
+            ]),
+            annotations: BTreeMap::new(),
+            port: Some(port),
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn result_download_is_routed_by_server_id_and_delete_needs_a_verified_download() -> Res {
+    const REPORT: &[u8] = b"(zstd bytes of the report)";
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let (port_a, calls_a) = stub_worker(b"wrong server").await?;
+    let (port_b, calls_b) = stub_worker(REPORT).await?;
+    register_worker(&h, "a", port_a).await?;
+    register_worker(&h, "b", port_b).await?;
+    let job = h.create_job("done", "alice").await?;
+    let uid = job.uid().unwrap_or_default();
+    let digest = hex::encode(Sha256::digest(REPORT));
+    h.jobs
+        .patch_status(
+            "done",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded", "serverId": "b", "result": {
+                "bytes": 1000, "findings": {"critical": 0, "high": 1, "medium": 0, "low": 0, "info": 2},
+                "reportDigest": digest, "reportSize": REPORT.len(), "serverId": "b"}}})),
+        )
+        .await?;
+    let alice = token("alice", false);
+    let url = gw.url("/v1/jobs/default/done/result");
+
+    let early = h
+        .http
+        .delete(&url)
+        .bearer_auth(&alice)
+        .header("x-streamscan-report-sha256", &digest)
+        .send()
+        .await?;
+    assert_eq!(early.status(), 409, "no delete before a download");
+
+    let resp = h.http.get(&url).bearer_auth(&alice).send().await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("x-streamscan-report-sha256")
+            .and_then(|v| v.to_str().ok()),
+        Some(digest.as_str())
+    );
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/zstd")
+    );
+    let body = resp.bytes().await?;
+    assert_eq!(&body[..], REPORT);
+    assert_eq!(hex::encode(Sha256::digest(&body)), digest);
+    assert!(calls_a.lock().unwrap().is_empty(), "server a must not be called");
+    assert_eq!(
+        calls_b.lock().unwrap().clone(),
+        vec![(
+            "GET".into(),
+            format!("/results/{uid}"),
+            Some(format!("Bearer {WORKER_TOKEN}"))
+        )]
+    );
+    within(
+        "status.download.fetchedAt",
+        await_condition(h.jobs.clone(), "done", |j: Option<&AnalysisJob>| {
+            j.and_then(|j| j.status.as_ref()?.download.as_ref()?.fetched_at.as_ref())
+                .is_some()
+        }),
+    )
+    .await??;
+
+    let missing = h.http.delete(&url).bearer_auth(&alice).send().await?;
+    assert_eq!(missing.status(), 428);
+    let wrong = h
+        .http
+        .delete(&url)
+        .bearer_auth(&alice)
+        .header("x-streamscan-report-sha256", "00".repeat(32))
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 412);
+    assert_eq!(calls_b.lock().unwrap().len(), 1, "no delete on a digest mismatch");
+    let foreign = h
+        .http
+        .delete(&url)
+        .bearer_auth(token("bob", false))
+        .header("x-streamscan-report-sha256", &digest)
+        .send()
+        .await?;
+    assert_eq!(foreign.status(), 404);
+
+    let ok = h
+        .http
+        .delete(&url)
+        .bearer_auth(&alice)
+        .header("x-streamscan-report-sha256", &digest)
+        .send()
+        .await?;
+    assert_eq!(ok.status(), 204);
+    assert_eq!(
+        calls_b.lock().unwrap().last().cloned(),
+        Some((
+            "DELETE".into(),
+            format!("/results/{uid}"),
+            Some(format!("Bearer {WORKER_TOKEN}"))
+        ))
+    );
+    let download = h
+        .jobs
+        .get("done")
+        .await?
+        .status
+        .and_then(|s| s.download)
+        .ok_or("no download status")?;
+    assert!(download.deleted && download.deleted_at.is_some() && download.fetched_at.is_some());
+    assert!(calls_a.lock().unwrap().is_empty());
+    assert_eq!(h.http.get(&url).bearer_auth(&alice).send().await?.status(), 410);
+    Ok(())
+}
+
+#[tokio::test]
+async fn upload_is_streamed_to_the_pinned_worker_once_placed() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &["--max-upload-bytes", "4000000"]).await?;
+    let (port, calls) = stub_worker(b"").await?;
+    register_worker(&h, "7", port).await?;
+    // Play the controller: pin the job to server 7 once it appears.
+    let jobs = h.jobs.clone();
+    let placer = tokio::spawn(async move {
+        let created = within(
+            "the upload job",
+            await_condition(jobs.clone(), "up", |j: Option<&AnalysisJob>| j.is_some()),
+        )
+        .await;
+        if created.is_ok() {
+            let _ = jobs
+                .patch_status(
+                    "up",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"status": {"phase": "Scheduled", "serverId": "7", "attempt": 1, "eventId": "e"}}),
+                    ),
+                )
+                .await;
+        }
+    });
+    let file: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sha = hex::encode(Sha256::digest(&file));
+    let resp = h
+        .http
+        .post(gw.url(&format!("/v1/jobs?upload=true&name=up&fileName=fw.bin&sha256={sha}")))
+        .bearer_auth(token("alice", false))
+        .header("idempotency-key", "up-1")
+        .body(file.clone())
+        .send()
+        .await?;
+    let status = resp.status();
+    let answer: Value = resp.json().await?;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["upload"]["bytes"], json!(file.len()));
+    assert_eq!(answer["upload"]["sha256"], json!(sha));
+    placer.await?;
+    let job = h.jobs.get("up").await?;
+    assert_eq!(
+        job.spec.source.upload.as_ref().and_then(|u| u.size_bytes),
+        Some(3_000_000)
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].1, format!("/uploads/{}", job.uid().unwrap_or_default()));
+
+    // Announce a body past the limit and send none: the answer must come from the headers alone.
+    let mut tcp = tokio::net::TcpStream::connect(gw.api).await?;
+    let head = format!(
+        "POST /v1/jobs?upload=true&name=big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 5000000\r\n\r\n",
+        token("alice", false)
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    let mut answer = vec![0u8; 12];
+    within(
+        "the 413 answer",
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer),
+    )
+    .await??;
+    let too_big = String::from_utf8_lossy(&answer).to_string();
+    assert_eq!(too_big, "HTTP/1.1 413", "past --max-upload-bytes");
+    assert!(
+        h.jobs.get_opt("big").await?.is_none(),
+        "refused before any job was created"
+    );
+    Ok(())
+}
+
+/// Resident memory of a process, from /proc (Linux).
+fn rss_bytes(pid: u32) -> Res<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Events per second from Kafka to many WebSocket clients, delivery latency and gateway memory per
+/// connection. Run: `cargo test --release -p streamscan-operator --test gateway -- --ignored --nocapture bench`
+/// (`BENCH_CLIENTS`, `BENCH_EVENTS` override the defaults of 1000 clients and 2000 events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly in release mode"]
+async fn bench_fanout_to_websocket_clients() -> Res {
+    let clients: usize = std::env::var("BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let events: u64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let h = Harness::start().await?;
+    let gw = h
+        .gateway("gw", &["--client-queue", "8192", "--heartbeat-seconds", "30"])
+        .await?;
+    let pid = gw.pid().ok_or("gateway has no pid")?;
+    let job = h.create_job("bench", "alice").await?;
+    let alice = token("alice", false);
+    // Warm the path (job lookup, Redis, Kafka assignment) with one event seen by one client.
+    let s = Stream::new(&job, "ev-bench");
+    let mut warm = ws_connect(&gw, "bench", &alice, None).await?;
+    h.send(&s.at(0, events + 1)).await?;
+    ws_seqs(&mut warm, 1).await?;
+    drop(warm);
+    let rss_before = rss_bytes(pid)?;
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Vec<u64>>(clients);
+    let mut connected = 0;
+    for _ in 0..clients {
+        let mut ws = ws_connect(&gw, "bench", &alice, Some("ev-bench:0")).await?;
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            #[derive(serde::Deserialize)]
+            struct Ts {
+                timestamp: jiff::Timestamp,
+                seq: u64,
+            }
+            let mut lat = Vec::with_capacity(usize::try_from(events).unwrap_or(0));
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(t) = msg
+                    && let Ok(ev) = serde_json::from_str::<Ts>(&t)
+                {
+                    let micros = (jiff::Timestamp::now() - ev.timestamp).get_microseconds().max(0);
+                    lat.push(u64::try_from(micros).unwrap_or(0));
+                    if ev.seq >= events {
+                        break;
+                    }
+                }
+            }
+            let _ = done.send(lat).await;
+        });
+        connected += 1;
+    }
+    drop(done_tx);
+    let rss_after = rss_bytes(pid)?;
+    let per_conn = (rss_after.saturating_sub(rss_before)) / u64::try_from(connected)?;
+
+    let start = Instant::now();
+    // Produce every event without waiting for each delivery report.
+    let mut pending = Vec::new();
+    for seq in 1..=events {
+        let e = s.at(seq, events + 1);
+        let payload = serde_json::to_vec(&e)?;
+        let key = e.analyze_id.clone();
+        let producer = h.kafka.producer.clone();
+        pending.push(tokio::spawn(async move {
+            producer
+                .send(
+                    FutureRecord::to(TOPIC).key(&key).payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e.to_string())
+        }));
+    }
+    for p in pending {
+        p.await??;
+    }
+    let produced = start.elapsed();
+    let mut all = Vec::new();
+    let mut finished = 0;
+    tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(lat) = done_rx.recv().await {
+            all.extend(lat);
+            finished += 1;
+        }
+    })
+    .await
+    .map_err(|_| format!("only {finished} of {clients} clients got every event within 300 s"))?;
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    let delivered = all.len();
+    #[allow(clippy::cast_precision_loss)]
+    let (rate_in, rate_out) = (
+        events as f64 / elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64(),
+    );
+    println!(
+        "| clients | events | produce s | total s | events/s (Kafka→gateway) | pushes/s (to clients) | p50 ms | p99 ms | max ms | RSS before MiB | RSS after MiB | RSS per connection KiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    #[allow(clippy::cast_precision_loss)]
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "| {clients} | {events} | {:.2} | {:.2} | {rate_in:.0} | {rate_out:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        produced.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        ms(percentile(&all, 0.50)),
+        ms(percentile(&all, 0.99)),
+        ms(all.last().copied().unwrap_or(0)),
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+        per_conn as f64 / 1024.0,
+    );
+    assert_eq!(finished, clients);
+    assert_eq!(
+        delivered,
+        clients * usize::try_from(events)?,
+        "every client got every event once"
+    );
+    Ok(())
+}
