@@ -1,6 +1,8 @@
 //! End-to-end support for Streamscan: where no cluster exists, a Kubernetes API simulator that
-//! the real binaries talk to over HTTP. See `e2e/README.md` for what it models and what it does not.
+//! the real binaries talk to over HTTP (see `e2e/README.md` for what it models and what it does
+//! not), and `devstack`, the whole system on one machine.
 
+pub mod devstack;
 pub mod sim;
 
 pub use sim::{SimError, Simulator};

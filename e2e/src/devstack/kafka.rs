@@ -1,0 +1,113 @@
+//! A Kafka broker on real TCP ports: librdkafka's mock cluster, hosted on a thread of its own
+//! (its handle cannot move between threads), controlled through a channel.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rdkafka::mocking::MockCluster;
+
+use super::DevstackError;
+
+enum Command {
+    BrokersDown(mpsc::Sender<Result<(), String>>),
+    BrokersUp(mpsc::Sender<Result<(), String>>),
+    Stop,
+}
+
+/// The hosted mock cluster.
+pub struct KafkaHost {
+    pub bootstrap: String,
+    pub brokers: i32,
+    commands: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KafkaHost {
+    /// Starts `brokers` mock brokers with `topic` created with `partitions` partitions.
+    pub fn start(brokers: i32, topic: &str, partitions: i32) -> Result<Self, DevstackError> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (commands, rx) = mpsc::channel::<Command>();
+        let topic = topic.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("kafka-mock".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(brokers) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start the mock cluster: {e}")));
+                        return;
+                    }
+                };
+                if let Err(e) = cluster.create_topic(&topic, partitions, brokers.min(3)) {
+                    let _ = ready_tx.send(Err(format!("cannot create topic {topic}: {e}")));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let all = |up: bool| -> Result<(), String> {
+                    for id in 1..=brokers {
+                        let r = if up {
+                            cluster.broker_up(id)
+                        } else {
+                            cluster.broker_down(id)
+                        };
+                        r.map_err(|e| format!("broker {id}: {e}"))?;
+                    }
+                    Ok(())
+                };
+                while let Ok(cmd) = rx.recv() {
+                    match cmd {
+                        Command::BrokersDown(reply) => {
+                            let _ = reply.send(all(false));
+                        }
+                        Command::BrokersUp(reply) => {
+                            let _ = reply.send(all(true));
+                        }
+                        Command::Stop => break,
+                    }
+                }
+            })
+            .map_err(|source| DevstackError::Io {
+                what: "starting the Kafka thread".into(),
+                source,
+            })?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| DevstackError::Kafka("the Kafka thread stopped while starting".into()))?
+            .map_err(DevstackError::Kafka)?;
+        Ok(KafkaHost {
+            bootstrap,
+            brokers,
+            commands,
+            thread: Some(thread),
+        })
+    }
+
+    fn call(&self, make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command) -> Result<(), DevstackError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| DevstackError::Kafka("the Kafka thread is gone".into()))?;
+        rx.recv()
+            .map_err(|_| DevstackError::Kafka("the Kafka thread is gone".into()))?
+            .map_err(DevstackError::Kafka)
+    }
+
+    /// Takes every broker down (clients see connection failures) ...
+    pub fn down(&self) -> Result<(), DevstackError> {
+        self.call(Command::BrokersDown)
+    }
+
+    /// ... and brings them back.
+    pub fn up(&self) -> Result<(), DevstackError> {
+        self.call(Command::BrokersUp)
+    }
+}
+
+impl Drop for KafkaHost {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

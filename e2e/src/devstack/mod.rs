@@ -1,0 +1,499 @@
+//! The whole system on one machine: the API simulator (with the CRD), a Kafka broker (librdkafka's
+//! mock cluster, hosted in this process), a real `redis-server`, two controller replicas with
+//! leader election, one gateway and N workers registered as Ready pods with serverIds 0..N-1.
+//! Used by the `devstack` binary and by the scenario suite.
+
+pub mod kafka;
+pub mod procs;
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::wait::{await_condition, conditions};
+use streamscan_api::names::{ANNOTATION_CAPACITY, LABEL_COMPONENT, LABEL_SERVER_ID};
+
+use self::kafka::KafkaHost;
+use self::procs::{Proc, free_port};
+use self::redis::RedisServer;
+use crate::Simulator;
+use crate::sim::kubelet::{Kubelet, PodHandle, PodTemplate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevstackError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("missing program: {0}")]
+    Missing(String),
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    #[error("{0} did not become ready in time")]
+    NotReady(String),
+    #[error("simulator: {0}")]
+    Sim(#[from] crate::SimError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("kubelet helper: {0}")]
+    Kubelet(#[from] crate::sim::kubelet::KubeletError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub workers: usize,
+    /// Logs, kubeconfig, tokens, worker data and the volume-source root live here.
+    pub dir: PathBuf,
+    /// Where `streamscan-operator` and `streamscan-worker` are.
+    pub bin_dir: PathBuf,
+    pub topic: String,
+    /// Jobs per worker (controller placement limit and the worker's own limit).
+    pub capacity: u16,
+    pub controllers: usize,
+    /// Extra worker flags (tests use hidden ones to slow the engine down).
+    pub worker_args: Vec<String>,
+    /// Extra controller flags.
+    pub controller_args: Vec<String>,
+}
+
+impl Options {
+    pub fn new(dir: PathBuf, bin_dir: PathBuf) -> Self {
+        Options {
+            workers: 3,
+            dir,
+            bin_dir,
+            topic: "streamscan.progress".into(),
+            capacity: 4,
+            controllers: 2,
+            worker_args: Vec::new(),
+            controller_args: Vec::new(),
+        }
+    }
+}
+
+/// One worker process and its pod.
+pub struct Worker {
+    pub server_id: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub proc: Option<Proc>,
+    pub pod: Option<PodHandle>,
+}
+
+/// A running devstack. Dropping it kills every process it started.
+pub struct Devstack {
+    pub opts: Options,
+    pub sim: Simulator,
+    pub client: kube::Client,
+    pub kubeconfig: PathBuf,
+    pub kafka: KafkaHost,
+    pub redis: RedisServer,
+    pub controllers: Vec<Option<Proc>>,
+    pub gateway: Option<Proc>,
+    pub gateway_port: u16,
+    pub gateway_ops_port: u16,
+    pub workers: Vec<Worker>,
+    pub token: String,
+    pub internal_token_file: PathBuf,
+    pub jwt_secret_file: PathBuf,
+    pub source_root: PathBuf,
+    kubelet: Kubelet,
+}
+
+const NAMESPACE: &str = "default";
+
+impl Devstack {
+    pub async fn start(opts: Options) -> Result<Self, DevstackError> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| DevstackError::Io {
+                what: what.clone(),
+                source,
+            }
+        };
+        std::fs::create_dir_all(&opts.dir).map_err(io("creating the devstack directory"))?;
+        for bin in ["streamscan-operator", "streamscan-worker"] {
+            if !opts.bin_dir.join(bin).is_file() {
+                return Err(DevstackError::Missing(format!(
+                    "{} (build it with `cargo build -p streamscan-operator -p streamscan-worker`)",
+                    opts.bin_dir.join(bin).display()
+                )));
+            }
+        }
+        let source_root = opts.dir.join("sources");
+        std::fs::create_dir_all(&source_root).map_err(io("creating the source volume"))?;
+
+        let sim = Simulator::start().await?;
+        let kubeconfig = opts.dir.join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig)?;
+        let client = sim.client()?;
+        install_crd(&client).await?;
+
+        let kafka = KafkaHost::start(1, &opts.topic, 3)?;
+        let redis = RedisServer::start(&opts.dir).await?;
+
+        let internal_token_file = opts.dir.join("internal-token");
+        std::fs::write(&internal_token_file, format!("{}\n", uuid::Uuid::new_v4().simple()))
+            .map_err(io("writing the internal token"))?;
+        let jwt_secret = uuid::Uuid::new_v4().simple().to_string();
+        let jwt_secret_file = opts.dir.join("jwt-hs256-secret");
+        std::fs::write(&jwt_secret_file, &jwt_secret).map_err(io("writing the JWT secret"))?;
+        let token = demo_token(&jwt_secret, "demo")?;
+
+        let mut stack = Devstack {
+            kubelet: Kubelet::new(client.clone(), NAMESPACE),
+            opts,
+            sim,
+            client,
+            kubeconfig,
+            kafka,
+            redis,
+            controllers: Vec::new(),
+            gateway: None,
+            gateway_port: free_port()?,
+            gateway_ops_port: free_port()?,
+            workers: Vec::new(),
+            token,
+            internal_token_file,
+            jwt_secret_file,
+            source_root,
+        };
+        for i in 0..stack.opts.controllers {
+            let proc = stack.spawn_controller(i)?;
+            stack.controllers.push(Some(proc));
+        }
+        for i in 0..stack.opts.workers {
+            let data_dir = stack.opts.dir.join(format!("worker-{i}"));
+            std::fs::create_dir_all(&data_dir).map_err(io("creating a worker data directory"))?;
+            stack.workers.push(Worker {
+                server_id: i.to_string(),
+                port: free_port()?,
+                data_dir,
+                proc: None,
+                pod: None,
+            });
+            stack.start_worker(i).await?;
+        }
+        stack.start_gateway().await?;
+        Ok(stack)
+    }
+
+    /// The lines a person (or script) needs to use the stack.
+    pub fn env_lines(&self) -> Vec<String> {
+        vec![
+            format!("KUBECONFIG={}", self.kubeconfig.display()),
+            format!("KAFKA_BOOTSTRAP={}", self.kafka.bootstrap),
+            format!("KAFKA_TOPIC={}", self.opts.topic),
+            format!("REDIS_URL={}", self.redis.url()),
+            format!("GATEWAY_URL={}", self.gateway_url()),
+            format!("TOKEN={}", self.token),
+        ]
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway_port)
+    }
+
+    /// A bearer token for `user`, signed with the gateway's key.
+    pub fn token_for(&self, user: &str) -> Result<String, DevstackError> {
+        let secret = std::fs::read_to_string(&self.jwt_secret_file).map_err(|source| DevstackError::Io {
+            what: "reading the JWT secret".into(),
+            source,
+        })?;
+        demo_token(&secret, user)
+    }
+
+    fn kafka_args(&self) -> Vec<String> {
+        vec![
+            "--kafka-bootstrap".into(),
+            self.kafka.bootstrap.clone(),
+            "--kafka-topic".into(),
+            self.opts.topic.clone(),
+        ]
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+            ("POD_NAMESPACE", NAMESPACE.into()),
+        ]
+    }
+
+    fn spawn_controller(&self, i: usize) -> Result<Proc, DevstackError> {
+        let mut args: Vec<String> = vec![
+            "controller".into(),
+            "--log-format".into(),
+            "json".into(),
+            "--ops-addr".into(),
+            "127.0.0.1:0".into(),
+            "--capacity".into(),
+            self.opts.capacity.to_string(),
+            "--leader-election".into(),
+            "true".into(),
+            "--lease-duration-seconds".into(),
+            "5".into(),
+            "--identity".into(),
+            format!("controller-{i}"),
+            "--worker-token-file".into(),
+            self.internal_token_file.display().to_string(),
+        ];
+        args.extend(self.opts.controller_args.iter().cloned());
+        Proc::spawn(
+            &format!("controller-{i}"),
+            &self.opts.bin_dir.join("streamscan-operator"),
+            args,
+            &self.env(),
+            &self.opts.dir,
+        )
+    }
+
+    /// Kills controller `i` (SIGKILL) and starts it again later with [`Devstack::restart_controller`].
+    pub async fn kill_controller(&mut self, i: usize) {
+        if let Some(Some(mut p)) = self.controllers.get_mut(i).map(Option::take) {
+            p.kill().await;
+        }
+    }
+
+    pub fn restart_controller(&mut self, i: usize) -> Result<(), DevstackError> {
+        let proc = self.spawn_controller(i)?;
+        if let Some(slot) = self.controllers.get_mut(i) {
+            *slot = Some(proc);
+        }
+        Ok(())
+    }
+
+    /// Starts worker `i` and, once it answers /healthz, registers its Ready pod.
+    pub async fn start_worker(&mut self, i: usize) -> Result<(), DevstackError> {
+        let w = self
+            .workers
+            .get(i)
+            .ok_or_else(|| DevstackError::Other(format!("no worker {i}")))?;
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--server-id".into(),
+            w.server_id.clone(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", w.port),
+            "--internal-token-file".into(),
+            self.internal_token_file.display().to_string(),
+            "--data-dir".into(),
+            w.data_dir.display().to_string(),
+            "--source-root".into(),
+            self.source_root.display().to_string(),
+            "--capacity".into(),
+            self.opts.capacity.to_string(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        args.extend(self.kafka_args());
+        args.extend(self.opts.worker_args.iter().cloned());
+        let name = format!("worker-{}", w.server_id);
+        let port = w.port;
+        let proc = Proc::spawn(
+            &name,
+            &self.opts.bin_dir.join("streamscan-worker"),
+            args,
+            &self.env(),
+            &self.opts.dir,
+        )?;
+        wait_http(&format!("http://127.0.0.1:{port}/healthz"), &name).await?;
+        let pod = match self.workers[i].pod.clone() {
+            // The pod survived the process (a restarted container): report it Ready again.
+            Some(pod) => {
+                pod.set_ready(true).await?;
+                pod
+            }
+            None => {
+                self.kubelet
+                    .register(PodTemplate {
+                        name: name.clone(),
+                        labels: BTreeMap::from([
+                            (LABEL_COMPONENT.to_owned(), "worker".to_owned()),
+                            (LABEL_SERVER_ID.to_owned(), self.workers[i].server_id.clone()),
+                        ]),
+                        annotations: BTreeMap::from([(ANNOTATION_CAPACITY.to_owned(), self.opts.capacity.to_string())]),
+                        port: Some(port),
+                    })
+                    .await?
+            }
+        };
+        self.workers[i].proc = Some(proc);
+        self.workers[i].pod = Some(pod);
+        Ok(())
+    }
+
+    /// Kills worker `i`'s process; its pod goes NotReady (a crashed container) or, with
+    /// `delete_pod`, away (an evicted pod).
+    pub async fn kill_worker(&mut self, i: usize, delete_pod: bool) -> Result<(), DevstackError> {
+        let w = self
+            .workers
+            .get_mut(i)
+            .ok_or_else(|| DevstackError::Other(format!("no worker {i}")))?;
+        if let Some(mut p) = w.proc.take() {
+            p.kill().await;
+        }
+        if let Some(pod) = &w.pod {
+            if delete_pod {
+                pod.delete().await?;
+                w.pod = None;
+            } else {
+                pod.set_ready(false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_gateway(&mut self) -> Result<(), DevstackError> {
+        let mut args: Vec<String> = vec![
+            "gateway".into(),
+            "--log-format".into(),
+            "json".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.gateway_port),
+            "--ops-addr".into(),
+            format!("127.0.0.1:{}", self.gateway_ops_port),
+            "--redis-url".into(),
+            self.redis.url(),
+            "--jwt-hs256-secret-file".into(),
+            self.jwt_secret_file.display().to_string(),
+            "--worker-token-file".into(),
+            self.internal_token_file.display().to_string(),
+            "--identity".into(),
+            "gateway-0".into(),
+        ];
+        args.extend(self.kafka_args());
+        let proc = Proc::spawn(
+            "gateway",
+            &self.opts.bin_dir.join("streamscan-operator"),
+            args,
+            &self.env(),
+            &self.opts.dir,
+        )?;
+        wait_http(
+            &format!("http://127.0.0.1:{}/healthz", self.gateway_ops_port),
+            "gateway",
+        )
+        .await?;
+        self.gateway = Some(proc);
+        Ok(())
+    }
+
+    /// Kills the gateway (SIGKILL) and starts it again on the same port.
+    pub async fn restart_gateway(&mut self) -> Result<(), DevstackError> {
+        if let Some(mut p) = self.gateway.take() {
+            p.kill().await;
+        }
+        self.start_gateway().await
+    }
+
+    /// Stops everything: SIGTERM with a grace period, then SIGKILL.
+    pub async fn shutdown(mut self) {
+        let grace = Duration::from_secs(5);
+        if let Some(mut g) = self.gateway.take() {
+            g.terminate(grace).await;
+        }
+        for w in &mut self.workers {
+            if let Some(mut p) = w.proc.take() {
+                p.terminate(grace).await;
+            }
+        }
+        for c in self.controllers.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            c.terminate(grace).await;
+        }
+        self.redis.kill().await;
+    }
+}
+
+async fn install_crd(client: &kube::Client) -> Result<(), DevstackError> {
+    let crd = streamscan_api::generate::crd();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.create(&PostParams::default(), &crd).await?;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        await_condition(api, "analysisjobs.streamscan.io", conditions::is_crd_established()),
+    )
+    .await
+    .map_err(|_| DevstackError::NotReady("the AnalysisJob CRD".into()))?
+    .map_err(|e| DevstackError::Other(format!("waiting for the CRD: {e}")))?;
+    Ok(())
+}
+
+/// Polls `url` until it answers 200 (the process has nothing else to await), at most 60 s.
+async fn wait_http(url: &str, what: &str) -> Result<(), DevstackError> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| DevstackError::Other(format!("HTTP client: {e}")))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(resp) = client.get(url).send().await
+            && resp.status().is_success()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(DevstackError::NotReady(format!("{what} ({url})")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A JWT for `user`, valid for a week, signed with the gateway's HS256 secret.
+pub fn demo_token(secret: &str, user: &str) -> Result<String, DevstackError> {
+    let now = jiff::Timestamp::now().as_second();
+    let claims = serde_json::json!({"sub": user, "iat": now, "exp": now + 7 * 24 * 3600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
+    )
+    .map_err(|e| DevstackError::Other(format!("signing the demo token: {e}")))
+}
+
+/// Where the project's binaries are: next to this executable (target/<profile>/), or one level
+/// up for test executables (target/<profile>/deps/).
+pub fn default_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// Builds the operator and worker binaries with the same profile as this executable.
+pub fn build_binaries(bin_dir: &Path) -> Result<(), DevstackError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "streamscan-operator",
+        "-p",
+        "streamscan-worker",
+        "--bins",
+    ]);
+    if bin_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(|source| DevstackError::Io {
+        what: "running cargo build".into(),
+        source,
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(DevstackError::Other(format!("cargo build failed: {status}")))
+    }
+}
