@@ -31,7 +31,10 @@ use super::seqset::Recent;
 pub enum SecurityProtocol {
     Plaintext,
     Ssl,
+    // Spelled as docs/internal-contracts.md and librdkafka spell them (not clap's kebab-case).
+    #[value(name = "sasl_plaintext")]
     SaslPlaintext,
+    #[value(name = "sasl_ssl")]
     SaslSsl,
 }
 
@@ -124,7 +127,8 @@ impl KafkaArgs {
                     path: path.clone(),
                     source,
                 })?;
-                config.set("sasl.password", password.trim());
+                // Only the line ending is not part of the password.
+                config.set("sasl.password", password.trim_end_matches(['\r', '\n']));
             }
         }
         Ok(config)

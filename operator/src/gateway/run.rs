@@ -237,3 +237,36 @@ async fn probe(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::GatewayArgs,
+    }
+
+    #[test]
+    fn accepts_the_contract_spelling_of_kafka_flags() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "--kafka-bootstrap=kafka:9093",
+            "--kafka-security-protocol=sasl_ssl",
+            "--kafka-ca-file=/ca.crt",
+            "--kafka-username=gw",
+            "--kafka-password-file=/pw",
+            "--jwt-hs256-secret-file=/k",
+        ])
+        .map_err(|e| e.to_string());
+        let args = cli.unwrap().args;
+        assert_eq!(
+            args.kafka.kafka_security_protocol,
+            super::kafka::SecurityProtocol::SaslSsl
+        );
+        assert_eq!(args.kafka.kafka_sasl_mechanism, "SCRAM-SHA-512");
+        assert_eq!(args.history_ttl_seconds, 600);
+        assert!(Cli::try_parse_from(["gateway", "--kafka-bootstrap=k", "--kafka-security-protocol=sasl-ssl"]).is_err());
+    }
+}
