@@ -871,3 +871,41 @@ async fn sigterm_keeps_the_checkpoint_flushes_and_exits_then_the_job_resumes() -
     check_stream(&h.events("t-e1").await?, EventStatus::Completed);
     Ok(())
 }
+
+/// A StatefulSet cannot label each pod with its ordinal: the worker labels its own pod with its
+/// serverId (from `--pod-name`/`POD_NAME`) before it reports ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use streamscan_e2e::sim::kubelet::{Kubelet, PodTemplate};
+    let h = Harness::start().await?;
+    let client = Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(h.dir.path().join("kubeconfig"))?,
+            &Default::default(),
+        )
+        .await?,
+    )?;
+    Kubelet::new(client.clone(), "default")
+        .register(PodTemplate {
+            name: "streamscan-worker-3".into(),
+            ..Default::default()
+        })
+        .await?;
+    let (_worker, _base) = h
+        .worker("3", "labeller", &["--pod-name", "streamscan-worker-3"])
+        .await?;
+    let pod = Api::<Pod>::namespaced(client, "default")
+        .get("streamscan-worker-3")
+        .await?;
+    assert_eq!(
+        pod.metadata
+            .labels
+            .unwrap_or_default()
+            .get("streamscan.io/server-id")
+            .map(String::as_str),
+        Some("3"),
+        "the worker was ready before its pod carried its serverId"
+    );
+    Ok(())
+}

@@ -13,6 +13,11 @@ pub struct ServeArgs {
     /// This server's identity: the value of its pod's `streamscan.io/server-id` label.
     #[arg(long, env = "STREAMSCAN_SERVER_ID")]
     pub server_id: String,
+    /// This worker's pod. When set, the worker puts its `streamscan.io/server-id` label on the pod
+    /// at startup (a StatefulSet template cannot label each pod with its ordinal), before it
+    /// reports ready, so the controller can place jobs on it.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Namespace whose AnalysisJobs this server runs.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -29,7 +34,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/mnt/sources")]
     pub source_root: PathBuf,
     /// Jobs analysed at once; the others wait without holding memory.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     pub capacity: usize,
     /// Progress events held in memory per job while Kafka is slow or down; when full the job pauses.
     #[arg(long, default_value_t = 10_000)]

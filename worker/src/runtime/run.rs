@@ -17,6 +17,24 @@ use super::telemetry;
 use super::watch::Runner;
 use crate::engine::analyzers::{AnalyzerConfig, model::ModelConfig};
 
+/// Puts `streamscan.io/server-id=<server id>` on this worker's own pod.
+async fn label_own_pod(client: &kube::Client, namespace: &str, pod: &str, server_id: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    use streamscan_api::names::{LABEL_SERVER_ID, MANAGER_WORKER};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"labels": {LABEL_SERVER_ID: server_id}}});
+    let params = PatchParams {
+        field_manager: Some(MANAGER_WORKER.to_owned()),
+        ..Default::default()
+    };
+    pods.patch(pod, &params, &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("labelling pod {namespace}/{pod} with {LABEL_SERVER_ID}={server_id}"))?;
+    tracing::info!(pod, server_id, "labelled own pod");
+    Ok(())
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
     telemetry::init(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -51,6 +69,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    if let Some(pod) = &args.pod_name {
+        label_own_pod(&client, &args.namespace, pod, &args.server_id).await?;
+    }
     let jobs = Api::namespaced(client, &args.namespace);
 
     let shutdown = telemetry::on_signals();
