@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # System packages the tests use: name of the command -> Debian package.
-# (Later: [redis-server]=redis-server for the gateway's tests.)
 declare -A packages=(
   # helm/tests/run.sh: the chart, manifest, Dockerfile and kind-script checks.
   [python3]=python3 [pip3]=python3-pip [shellcheck]=shellcheck
