@@ -106,11 +106,8 @@ BAD_VALUES = [
 # Flags the chart passes as docs/internal-contracts.md spells them but a binary does not accept
 # yet: reported as a warning, not a failure, until its owner fixes the binary (then delete the
 # entry). (component, clap's complaint fragment)
-KNOWN_ARG_MISMATCHES = [
-    # operator/src/gateway/kafka.rs SecurityProtocol derives clap's kebab-case names
-    # (sasl-plaintext, sasl-ssl); the contract and the worker use sasl_plaintext, sasl_ssl.
-    ("gateway", "invalid value 'sasl_ssl' for '--kafka-security-protocol"),
-]
+# Flag mismatches between the chart and a binary that are known and tolerated (none today).
+KNOWN_ARG_MISMATCHES: list[tuple[str, str]] = []
 
 # The API calls each binary makes, read from its code (the only source of these rules):
 # component -> scope -> {(apiGroup, resource): verbs}. "jobs": a Role in the jobs' namespace
