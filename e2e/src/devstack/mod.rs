@@ -59,6 +59,8 @@ pub struct Options {
     pub worker_args: Vec<String>,
     /// Extra controller flags.
     pub controller_args: Vec<String>,
+    /// Extra gateway flags.
+    pub gateway_args: Vec<String>,
 }
 
 impl Options {
@@ -72,6 +74,7 @@ impl Options {
             controllers: 2,
             worker_args: Vec::new(),
             controller_args: Vec::new(),
+            gateway_args: Vec::new(),
         }
     }
 }
@@ -370,6 +373,7 @@ impl Devstack {
             "gateway-0".into(),
         ];
         args.extend(self.kafka_args());
+        args.extend(self.opts.gateway_args.iter().cloned());
         let proc = Proc::spawn(
             "gateway",
             &self.opts.bin_dir.join("streamscan-operator"),
@@ -392,6 +396,23 @@ impl Devstack {
             p.kill().await;
         }
         self.start_gateway().await
+    }
+
+    /// The processes that should be running but have exited (crashed), by name.
+    pub fn dead_processes(&mut self) -> Vec<String> {
+        let mut dead = Vec::new();
+        let mut check = |p: &mut Proc| {
+            if p.exited() {
+                dead.push(p.name.clone());
+            }
+        };
+        self.controllers.iter_mut().flatten().for_each(&mut check);
+        self.gateway.iter_mut().for_each(&mut check);
+        self.workers.iter_mut().filter_map(|w| w.proc.as_mut()).for_each(&mut check);
+        if self.redis.exited() {
+            dead.push("redis".into());
+        }
+        dead
     }
 
     /// Stops everything: SIGTERM with a grace period, then SIGKILL.

@@ -36,6 +36,11 @@ impl RedisServer {
         }
     }
 
+    /// Whether the server was started and has exited since (not after [`RedisServer::kill`]).
+    pub fn exited(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::exited)
+    }
+
     /// Starts the server again on the same port, empty.
     pub async fn restart(&mut self) -> Result<(), DevstackError> {
         self.kill().await;
