@@ -408,7 +408,10 @@ impl Devstack {
         };
         self.controllers.iter_mut().flatten().for_each(&mut check);
         self.gateway.iter_mut().for_each(&mut check);
-        self.workers.iter_mut().filter_map(|w| w.proc.as_mut()).for_each(&mut check);
+        self.workers
+            .iter_mut()
+            .filter_map(|w| w.proc.as_mut())
+            .for_each(&mut check);
         if self.redis.exited() {
             dead.push("redis".into());
         }

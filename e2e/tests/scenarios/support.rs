@@ -237,7 +237,9 @@ impl Env {
     }
 
     pub fn stack(&mut self) -> Res<&mut Devstack> {
-        self.stack.as_mut().ok_or_else(|| "this scenario needs the devstack".into())
+        self.stack
+            .as_mut()
+            .ok_or_else(|| "this scenario needs the devstack".into())
     }
 
     pub fn token(&self, user: &str) -> Res<String> {
@@ -334,7 +336,9 @@ impl Env {
         let found = within(
             JOB_WAIT,
             &format!("{name}: {what}"),
-            await_condition(self.jobs.clone(), name, move |j: Option<&AnalysisJob>| j.is_some_and(&cond)),
+            await_condition(self.jobs.clone(), name, move |j: Option<&AnalysisJob>| {
+                j.is_some_and(&cond)
+            }),
         )
         .await??;
         found.ok_or_else(|| format!("{name} disappeared").into())
@@ -413,7 +417,12 @@ impl Env {
             return Err(format!("delete of {name}: {} {}", r.status(), r.text().await?).into());
         }
         let job = self.get(name).await?;
-        if !job.status.as_ref().and_then(|s| s.download.as_ref()).is_some_and(|d| d.deleted) {
+        if !job
+            .status
+            .as_ref()
+            .and_then(|s| s.download.as_ref())
+            .is_some_and(|d| d.deleted)
+        {
             return Err(format!("{name}: download.deleted not recorded").into());
         }
         let again = self.api(reqwest::Method::GET, &path, user).await?.status();
@@ -573,29 +582,34 @@ impl EventLog {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (inner, notify, stop) = (inner.clone(), notify.clone(), stop.clone());
-            std::thread::Builder::new().name("scenario-consumer".into()).spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
-                        continue;
-                    };
-                    // Broker outages surface as errors here; the consumer reconnects by itself.
-                    let Ok(msg) = msg else { continue };
-                    let parsed = msg.payload().map(ProgressEvent::from_slice);
-                    let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
-                    match parsed {
-                        Some(Ok(event)) => {
-                            if msg.key() != Some(event.analyze_id.as_bytes()) {
-                                g.error = Some(format!("event {}:{} not keyed by its analyzeId", event.event_id, event.seq));
+            std::thread::Builder::new()
+                .name("scenario-consumer".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+                            continue;
+                        };
+                        // Broker outages surface as errors here; the consumer reconnects by itself.
+                        let Ok(msg) = msg else { continue };
+                        let parsed = msg.payload().map(ProgressEvent::from_slice);
+                        let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
+                        match parsed {
+                            Some(Ok(event)) => {
+                                if msg.key() != Some(event.analyze_id.as_bytes()) {
+                                    g.error = Some(format!(
+                                        "event {}:{} not keyed by its analyzeId",
+                                        event.event_id, event.seq
+                                    ));
+                                }
+                                g.events.push(event);
                             }
-                            g.events.push(event);
+                            Some(Err(e)) => g.error = Some(format!("unreadable event on the topic: {e}")),
+                            None => g.error = Some("an event without payload".into()),
                         }
-                        Some(Err(e)) => g.error = Some(format!("unreadable event on the topic: {e}")),
-                        None => g.error = Some("an event without payload".into()),
+                        drop(g);
+                        notify.notify_waiters();
                     }
-                    drop(g);
-                    notify.notify_waiters();
-                }
-            })?
+                })?
         };
         Ok(EventLog {
             inner,
@@ -608,7 +622,11 @@ impl EventLog {
     /// Every event of one analysis, repeats included, in arrival order.
     pub fn events(&self, analyze_id: &str) -> Vec<ProgressEvent> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.events.iter().filter(|e| e.analyze_id == analyze_id).cloned().collect()
+        g.events
+            .iter()
+            .filter(|e| e.analyze_id == analyze_id)
+            .cloned()
+            .collect()
     }
 
     pub fn error(&self) -> Option<String> {
@@ -702,7 +720,8 @@ pub fn audit(events: &[ProgressEvent]) -> Audit {
             .map(|(i, _)| i)
             .collect();
         if finals.len() > 1 || finals.first().is_some_and(|&i| i + 1 != list.len()) {
-            a.problems.push(format!("{event_id}: the final event is not alone and last"));
+            a.problems
+                .push(format!("{event_id}: the final event is not alone and last"));
         }
     }
     a
@@ -803,7 +822,9 @@ impl WsClient {
     }
 
     pub fn send(&self, text: &str) -> Res {
-        self.out.send(text.to_owned()).map_err(|_| "the WebSocket client stopped")?;
+        self.out
+            .send(text.to_owned())
+            .map_err(|_| "the WebSocket client stopped")?;
         Ok(())
     }
 
@@ -984,7 +1005,11 @@ impl Tally {
             .into());
         }
         if self.succeeded != self.expected {
-            return Err(format!("{}: {} of {} jobs succeeded", self.scenario, self.succeeded, self.expected).into());
+            return Err(format!(
+                "{}: {} of {} jobs succeeded",
+                self.scenario, self.succeeded, self.expected
+            )
+            .into());
         }
         Ok(())
     }
@@ -1031,7 +1056,13 @@ pub enum Expect {
 
 /// Waits for the job's end, checks the CR, the Kafka events (audit), what the WebSocket client
 /// got, and Redis, and adds the job to the tally.
-pub async fn check_job(env: &Env, tally: &mut Tally, name: &str, expect: Expect, ws: Option<&WsClient>) -> Res<AnalysisJob> {
+pub async fn check_job(
+    env: &Env,
+    tally: &mut Tally,
+    name: &str,
+    expect: Expect,
+    ws: Option<&WsClient>,
+) -> Res<AnalysisJob> {
     tally.expected += usize::from(expect == Expect::Succeeded);
     let job = env.wait_finished(name).await?;
     let status = job.status.clone().unwrap_or_default();
@@ -1080,7 +1111,11 @@ pub async fn check_job(env: &Env, tally: &mut Tally, name: &str, expect: Expect,
     if expect == Expect::Succeeded {
         let last = a.attempts.get(&event_id).and_then(|l| l.last()).ok_or("no events")?;
         if last.result != status.result {
-            return Err(format!("{name}: COMPLETED carries {:?}, the CR {:?}", last.result, status.result).into());
+            return Err(format!(
+                "{name}: COMPLETED carries {:?}, the CR {:?}",
+                last.result, status.result
+            )
+            .into());
         }
         if status.progress.as_ref().and_then(|p| p.percent) != Some(100) {
             return Err(format!("{name}: progress not at 100%: {:?}", status.progress).into());
@@ -1105,7 +1140,9 @@ pub async fn check_job(env: &Env, tally: &mut Tally, name: &str, expect: Expect,
                 .map(|l| l.iter().map(|e| e.seq).collect())
                 .unwrap_or_default();
             if kafka != seen {
-                return Err(format!("{name}: Kafka has seqs {kafka:?} for {event_id}, the WebSocket client {seen:?}").into());
+                return Err(
+                    format!("{name}: Kafka has seqs {kafka:?} for {event_id}, the WebSocket client {seen:?}").into(),
+                );
             }
         }
     }
@@ -1120,7 +1157,11 @@ pub async fn check_job(env: &Env, tally: &mut Tally, name: &str, expect: Expect,
             .map(|l| l.iter().map(|e| e.seq).collect())
             .unwrap_or_default();
         if held.get(&event_id) != Some(&kafka) {
-            return Err(format!("{name}: Redis holds {:?} for {event_id}, Kafka {kafka:?}", held.get(&event_id)).into());
+            return Err(format!(
+                "{name}: Redis holds {:?} for {event_id}, Kafka {kafka:?}",
+                held.get(&event_id)
+            )
+            .into());
         }
         let verdict = redis_verdict(url, &uid, &event_id).await?;
         if !verdict.as_ref().is_some_and(|v| v["ok"] == true) {
