@@ -1107,7 +1107,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// Events per second from Kafka to many WebSocket clients, delivery latency and gateway memory per
 /// connection. Run: `cargo test --release -p streamscan-operator --test gateway -- --ignored --nocapture bench`
-/// (`BENCH_CLIENTS`, `BENCH_EVENTS` override the defaults of 1000 clients and 2000 events).
+/// (`BENCH_CLIENTS`, `BENCH_EVENTS` override the defaults of 1000 clients and 2000 events;
+/// `BENCH_RATE` paces production in events/s, default: one burst).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run explicitly in release mode"]
 async fn bench_fanout_to_websocket_clients() -> Res {
@@ -1120,14 +1121,14 @@ async fn bench_fanout_to_websocket_clients() -> Res {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let h = Harness::start().await?;
-    let gw = h
-        .gateway("gw", &["--client-queue", "8192", "--heartbeat-seconds", "30"])
-        .await?;
+    let gw = h.gateway("gw", &["--client-queue", "8192"]).await?;
     let pid = gw.pid().ok_or("gateway has no pid")?;
     let job = h.create_job("bench", "alice").await?;
     let alice = token("alice", false);
     // Warm the path (job lookup, Redis, Kafka assignment) with one event seen by one client.
-    let s = Stream::new(&job, "ev-bench");
+    let mut s = Stream::new(&job, "ev-bench");
+    // Keep bytesProcessed (seq * 10) within totalBytes, or the events would be refused.
+    s.total = (events + 2) * 10;
     let mut warm = ws_connect(&gw, "bench", &alice, None).await?;
     h.send(&s.at(0, events + 1)).await?;
     ws_seqs(&mut warm, 1).await?;
@@ -1150,9 +1151,9 @@ async fn bench_fanout_to_websocket_clients() -> Res {
                 if let Message::Text(t) = msg
                     && let Ok(ev) = serde_json::from_str::<Ts>(&t)
                 {
-                    let micros = (jiff::Timestamp::now() - ev.timestamp).get_microseconds().max(0);
+                    let micros = jiff::Timestamp::now().duration_since(ev.timestamp).as_micros().max(0);
                     lat.push(u64::try_from(micros).unwrap_or(0));
-                    if ev.seq >= events {
+                    if ev.seq >= events || lat.len() as u64 >= events {
                         break;
                     }
                 }
@@ -1166,26 +1167,29 @@ async fn bench_fanout_to_websocket_clients() -> Res {
     let per_conn = (rss_after.saturating_sub(rss_before)) / u64::try_from(connected)?;
 
     let start = Instant::now();
-    // Produce every event without waiting for each delivery report.
+    // Enqueue in seq order (one partition keeps it) without waiting for each delivery report;
+    // BENCH_RATE > 0 paces production to measure latency below saturation.
+    let rate: u64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut pending = Vec::new();
     for seq in 1..=events {
+        if rate > 0 {
+            let due = start + Duration::from_secs_f64((seq - 1) as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let e = s.at(seq, events + 1);
         let payload = serde_json::to_vec(&e)?;
-        let key = e.analyze_id.clone();
-        let producer = h.kafka.producer.clone();
-        pending.push(tokio::spawn(async move {
-            producer
-                .send(
-                    FutureRecord::to(TOPIC).key(&key).payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e.to_string())
-        }));
+        let delivery = h
+            .kafka
+            .producer
+            .send_result(FutureRecord::to(TOPIC).key(&e.analyze_id).payload(&payload))
+            .map_err(|(e, _)| e.to_string())?;
+        pending.push(delivery);
     }
     for p in pending {
-        p.await??;
+        p.await?.map_err(|(e, _)| e.to_string())?;
     }
     let produced = start.elapsed();
     let mut all = Vec::new();
