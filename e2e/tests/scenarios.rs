@@ -40,6 +40,9 @@ use support::*;
 
 const MIB: usize = 1 << 20;
 
+/// Job name to (phase, serverId), as the capacity watch last saw it.
+type Placements = BTreeMap<String, (Phase, Option<String>)>;
+
 /// Worker flags that make a job last: reads throttled, small chunks, frequent checkpoints and
 /// progress.
 fn slow(opts: &mut Options, bytes_per_sec: usize) {
@@ -144,11 +147,11 @@ async fn capacity_30_jobs() -> Res {
         |o| {
             o.workers = 3;
             o.capacity = 4;
-            slow(o, MIB);
+            slow(o, 512 << 10);
         },
         async |env, tally| {
             // Watch every job: per server, Scheduled|Running never above 4.
-            let placed: Arc<Mutex<BTreeMap<String, (Phase, Option<String>)>>> = Arc::default();
+            let placed: Arc<Mutex<Placements>> = Arc::default();
             let peak: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
             let watch = {
                 let (placed, peak) = (placed.clone(), peak.clone());
@@ -181,7 +184,7 @@ async fn capacity_30_jobs() -> Res {
             let mut clients = Vec::new();
             for i in 0..30u64 {
                 let name = format!("load-{i:02}");
-                let source = env.url_source(&format!("load-{i}.bin"), test_file(100 + i, 512 << 10))?;
+                let source = env.url_source(&format!("load-{i}.bin"), test_file(100 + i, 2 * MIB))?;
                 env.create(&name, "alice", source, &["digest", "entropy"]).await?;
                 clients.push((name.clone(), WsClient::connect(env, &name, "alice").await?));
             }
@@ -193,6 +196,9 @@ async fn capacity_30_jobs() -> Res {
             eprintln!("capacity_30_jobs: peak Scheduled|Running per server: {peak:?}");
             if peak.values().any(|&n| n > 4) {
                 return Err(format!("capacity exceeded: {peak:?}").into());
+            }
+            if !peak.values().any(|&n| n == 4) {
+                return Err(format!("no server was ever full, so capacity was not tested: {peak:?}").into());
             }
             if peak.len() < 3 {
                 return Err(format!("not every server was used: {peak:?}").into());
