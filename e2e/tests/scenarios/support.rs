@@ -1150,12 +1150,19 @@ pub async fn check_job(
     if let Some(url) = &env.redis
         && final_status.is_some()
     {
-        let held = redis_history(url, &uid).await?;
         let kafka: Vec<u64> = a
             .attempts
             .get(&event_id)
             .map(|l| l.iter().map(|e| e.seq).collect())
             .unwrap_or_default();
+        // The gateway stores each event before pushing it, but without a WebSocket client to
+        // wait on, our consumer may be ahead of it: poll, bounded (Redis has nothing to await).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut held = redis_history(url, &uid).await?;
+        while held.get(&event_id) != Some(&kafka) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            held = redis_history(url, &uid).await?;
+        }
         if held.get(&event_id) != Some(&kafka) {
             return Err(format!(
                 "{name}: Redis holds {:?} for {event_id}, Kafka {kafka:?}",
@@ -1163,7 +1170,11 @@ pub async fn check_job(
             )
             .into());
         }
-        let verdict = redis_verdict(url, &uid, &event_id).await?;
+        let mut verdict = redis_verdict(url, &uid, &event_id).await?;
+        while verdict.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            verdict = redis_verdict(url, &uid, &event_id).await?;
+        }
         if !verdict.as_ref().is_some_and(|v| v["ok"] == true) {
             return Err(format!("{name}: the gateway's verdict: {verdict:?}").into());
         }
