@@ -736,3 +736,83 @@ async fn leader_election_one_acts_and_the_other_takes_over() -> TestResult {
     assert!(logs.contains("acquired the leader lease"), "{logs}");
     Ok(())
 }
+
+/// Benchmark (ignored; run with `cargo test --release -p streamscan-operator --test controller --
+/// --ignored --nocapture bench`): how fast the controller places 1,000 jobs on 10 servers, and
+/// the placement latency from a job's creation to its Scheduled status, as a watcher sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_placement_1000_jobs_on_10_servers() -> TestResult {
+    const JOBS: usize = 1000;
+    let h = Harness::start().await?;
+    for id in 0..10 {
+        h.server(&id.to_string(), Some(100), None).await?;
+    }
+    let _controller = h.controller("controller", &[])?;
+    let placed_at: Arc<Mutex<HashMap<String, (tokio::time::Instant, String)>>> = Arc::default();
+    let observer = {
+        let placed_at = placed_at.clone();
+        let stream = watcher(h.jobs.clone(), watcher::Config::default()).applied_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Ok(Some(job)) = stream.try_next().await {
+                if job.phase() == Phase::Scheduled
+                    && let Some(server) = status(&job).server_id.clone()
+                {
+                    placed_at
+                        .lock()
+                        .unwrap()
+                        .entry(job.name_any())
+                        .or_insert((tokio::time::Instant::now(), server));
+                }
+            }
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let created: Vec<(String, tokio::time::Instant)> = futures::stream::iter(0..JOBS)
+        .map(|i| {
+            let h = &h;
+            async move {
+                let name = format!("bench-{i:04}");
+                h.create(&name, json!({}))
+                    .await
+                    .map(|_| (name, tokio::time::Instant::now()))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let created_all = started.elapsed();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while placed_at.lock().unwrap().len() < JOBS {
+        assert!(tokio::time::Instant::now() < deadline, "not all jobs placed in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    observer.abort();
+    let placed = placed_at.lock().unwrap().clone();
+    let last = placed.values().map(|(t, _)| *t).max().unwrap();
+    let total = last.duration_since(started);
+    let mut latencies: Vec<f64> = created
+        .iter()
+        .map(|(name, at)| placed[name].0.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    let mut per_server = BTreeMap::<String, usize>::new();
+    for (_, server) in placed.values() {
+        *per_server.entry(server.clone()).or_default() += 1;
+    }
+    assert!(per_server.values().all(|n| *n <= 100), "{per_server:?}");
+    println!("\n| jobs | servers | create all (s) | place all (s) | jobs placed/s | p50 ms | p99 ms | max ms |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {JOBS} | 10 | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        created_all.as_secs_f64(),
+        total.as_secs_f64(),
+        JOBS as f64 / total.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+    Ok(())
+}
