@@ -130,7 +130,9 @@ CALLS = {
     # StatefulSet's pod names (not implemented in the worker yet; see helm/README.md).
     "worker": {
         "jobs": {("streamscan.io", "analysisjobs"): {"list", "watch"},
-                 ("streamscan.io", "analysisjobs/status"): {"patch"}},
+                 ("streamscan.io", "analysisjobs/status"): {"patch"},
+                 # headersSecretRef of url sources (worker/src/runtime/executor.rs headers_secret).
+                 ("", "secrets"): {"get"}},
         "local": {("", "pods"): {"patch"}},
     },
     # operator/src/gateway: jobs.rs (create; get_opt on a repeated idempotency key and GET; list;

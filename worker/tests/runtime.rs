@@ -73,6 +73,10 @@ async fn serve_file(
     UrlPath((mode, name)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    // `/auth/...` wants the header a job's headersSecretRef supplies.
+    if mode == "auth" && headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some("k3y") {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
     let Some(data) = files
         .files
         .lock()
@@ -907,5 +911,32 @@ async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
         Some("3"),
         "the worker was ready before its pod carried its serverId"
     );
+    Ok(())
+}
+
+/// `headersSecretRef`: the Secret's keys and values are sent as request headers; a missing
+/// Secret fails the job as fatal with a reason naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_headers_come_from_the_referenced_secret() -> Res<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let h = Harness::start().await?;
+    h.files.add("private.bin", test_file(7));
+    let secrets: Api<Secret> = Api::namespaced(h.jobs.clone().into_client(), "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fw-headers"},
+        "data": {"x-api-key": "azN5"},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let (_worker, _base) = h.worker("s1", "s1", &[]).await?;
+    let source =
+        |secret: &str| json!({"url": {"location": h.url("auth", "private.bin"), "headersSecretRef": {"name": secret}}});
+    h.job("with-key", "s1", source("fw-headers"), &["digest"]).await?;
+    h.job("no-secret", "s1", source("missing"), &["digest"]).await?;
+    h.wait_state("with-key", ExecutionState::Succeeded).await?;
+    let failed = h.wait_state("no-secret", ExecutionState::Failed).await?;
+    let execution = failed.status.and_then(|s| s.execution).ok_or("no execution")?;
+    assert_eq!(execution.reason.as_deref(), Some("HeadersSecretNotFound"));
+    assert_eq!(execution.retriable, Some(false));
+    assert!(execution.message.unwrap_or_default().contains("default/missing"));
     Ok(())
 }

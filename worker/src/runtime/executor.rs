@@ -385,17 +385,46 @@ fn cancelled_event(e: &mut ProgressEvent) {
     e.message = Some(f.message);
 }
 
+/// The request headers of a url source, read from the Secret `name` in the job's namespace.
+async fn headers_secret(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+) -> Result<reqwest::header::HeaderMap, SourceError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(shared.jobs.clone().into_client(), namespace);
+    let secret = match secrets.get_opt(name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(SourceError::fatal(
+                "HeadersSecretNotFound",
+                format!("spec.source.url.headersSecretRef: Secret {namespace}/{name} does not exist"),
+            ));
+        }
+        Err(err) => {
+            return Err(SourceError::retriable(
+                "HeadersSecretUnavailable",
+                format!("reading Secret {namespace}/{name}: {err}"),
+            ));
+        }
+    };
+    let data = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    sources::headers_from_secret(name, &data)
+}
+
 async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: CancelToken) -> Result<Opened, SourceError> {
     let source = &job.source;
     if let Some(url) = &source.url {
-        return sources::open_url(
-            shared.http.clone(),
-            url.location.clone(),
-            offset,
-            UrlOptions::default(),
-            cancel,
-        )
-        .await;
+        let mut options = UrlOptions::default();
+        if let Some(secret) = &url.headers_secret_ref {
+            options.headers = headers_secret(shared, &job.namespace, &secret.name).await?;
+        }
+        return sources::open_url(shared.http.clone(), url.location.clone(), offset, options, cancel).await;
     }
     if let Some(volume) = &source.volume {
         let path = sources::resolve_volume_path(&shared.source_root, &volume.path)?;

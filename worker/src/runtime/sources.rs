@@ -126,6 +126,8 @@ pub struct UrlOptions {
     /// Attempts to continue after a dropped connection.
     pub retries: u32,
     pub backoff: Duration,
+    /// Request headers (from the job's `headersSecretRef`), sent with every request.
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Default for UrlOptions {
@@ -133,8 +135,36 @@ impl Default for UrlOptions {
         UrlOptions {
             retries: 5,
             backoff: Duration::from_millis(200),
+            headers: reqwest::header::HeaderMap::new(),
         }
     }
+}
+
+/// Request headers from a Secret's keys and values (`headersSecretRef`). A key that is not a valid
+/// header name, or a value that is not a valid header value, fails the job: it cannot work.
+pub fn headers_from_secret(
+    name: &str,
+    data: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<reqwest::header::HeaderMap, SourceError> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (key, value) in data {
+        let header = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
+            SourceError::fatal(
+                "InvalidHeadersSecret",
+                format!("Secret {name}: key {key:?} is not a valid HTTP header name"),
+            )
+        })?;
+        let mut value = HeaderValue::from_bytes(value.trim_ascii()).map_err(|_| {
+            SourceError::fatal(
+                "InvalidHeadersSecret",
+                format!("Secret {name}: the value of {key:?} is not a valid HTTP header value"),
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.insert(header, value);
+    }
+    Ok(headers)
 }
 
 /// The HTTP client for sources: no proxy (a cluster's proxy variables are not for this), and
@@ -151,9 +181,10 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
 async fn request(
     client: &reqwest::Client,
     url: &str,
+    headers: &reqwest::header::HeaderMap,
     offset: u64,
 ) -> Result<(reqwest::Response, u64, Option<u64>), SourceError> {
-    let mut req = client.get(url);
+    let mut req = client.get(url).headers(headers.clone());
     if offset > 0 {
         req = req.header(RANGE, format!("bytes={offset}-"));
     }
@@ -197,7 +228,7 @@ pub async fn open_url(
     options: UrlOptions,
     cancel: CancelToken,
 ) -> Result<Opened, SourceError> {
-    let (response, at, total) = request(&client, &url, offset).await?;
+    let (response, at, total) = request(&client, &url, &options.headers, offset).await?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let task = tokio::spawn(pump(client, url, response, at, offset, total, options, tx));
     Ok(Opened {
@@ -264,7 +295,7 @@ async fn pump(
             }
             tokio::time::sleep(options.backoff * 2u32.saturating_pow(failures - 1)).await;
             tracing::info!(%url, offset = want, "resuming the download with an HTTP Range request");
-            match request(&client, &url, want).await {
+            match request(&client, &url, &options.headers, want).await {
                 Ok((r, from, _)) => {
                     response = r;
                     at = from;
