@@ -144,6 +144,9 @@ impl KafkaArgs {
             .client_config()?
             .set("group.id", &group)
             .set("client.id", format!("streamscan-gateway-{identity}"))
+            // Static membership: a restarted replica (same identity) takes its partitions back at
+            // once instead of waiting for its previous incarnation's session to time out.
+            .set("group.instance.id", format!("streamscan-gateway-{identity}"))
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
