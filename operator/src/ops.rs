@@ -12,6 +12,29 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// A Kubernetes client for the in-cluster or kubeconfig configuration, checked by asking the API
+/// server its version, so a wrong configuration fails at start-up with a clear message.
+pub async fn kube_client() -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    let client = kube::Client::try_default()
+        .await
+        .context("configuring the Kubernetes client")?;
+    client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API server")?;
+    Ok(client)
+}
+
+/// The workers' internal bearer token from its file (a mounted Secret), trimmed.
+pub fn read_token_file(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    let Some(path) = path else { return Ok(None) };
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading the worker token from {}", path.display()))?;
+    Ok(Some(token.trim().to_owned()))
+}
+
 /// Whether the process is ready to do its work; flipped by the component that knows.
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);

@@ -104,22 +104,8 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
         .with_context(|| format!("binding the ops endpoints on {}", args.ops_addr))?;
     tracing::info!(%ops_addr, "serving /healthz, /readyz, /metrics");
 
-    let client = Client::try_default()
-        .await
-        .context("configuring the Kubernetes client")?;
-    client
-        .apiserver_version()
-        .await
-        .context("reaching the Kubernetes API server")?;
-    let worker_token = match &args.worker_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the worker token from {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let client = ops::kube_client().await?;
+    let worker_token = ops::read_token_file(args.worker_token_file.as_deref())?;
     let identity = args
         .identity
         .clone()
