@@ -38,7 +38,16 @@ if ! command -v kubectl >/dev/null 2>&1; then
   exit 2
 fi
 
+# The scenario suite writes its closing table here; print it after the run (cargo captures the
+# output of passing tests).
+table="${CARGO_TARGET_DIR:-target}/tmp/scenarios-table.txt"
+rm -f "$table"
 cargo test --workspace --locked "$@"
+if [ -f "$table" ]; then
+  echo
+  echo "scenario suite (e2e/tests/scenarios.rs), closing table:"
+  cat "$table"
+fi
 
 # The Helm chart, manifests/, the Dockerfile and e2e/kind/ (installs its Python packages itself).
 if [ $# -eq 0 ]; then
