@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -46,17 +45,7 @@ impl Harness {
         let client = sim.client()?;
         let dir = tempfile::tempdir()?;
         sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
-        let text = std::fs::read_to_string(streamscan_api_crd_path())?;
-        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)?;
-        let crd: CustomResourceDefinition =
-            serde_json::from_value(docs.into_iter().find(|d| !d.is_null()).ok_or("empty CRD file")?)?;
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.create(&PostParams::default(), &crd).await?;
-        tokio::time::timeout(
-            WAIT,
-            await_condition(crds, "analysisjobs.streamscan.io", conditions::is_crd_established()),
-        )
-        .await??;
+        sim.install_analysisjob_crd().await?;
         Ok(Harness {
             kubelet: Kubelet::new(client.clone(), "default"),
             jobs: Api::namespaced(client.clone(), "default"),
@@ -189,10 +178,6 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn streamscan_api_crd_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/analysisjob.yaml")
 }
 
 fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {

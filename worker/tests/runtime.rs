@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,9 +13,8 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -167,17 +166,7 @@ impl Harness {
         let client: Client = sim.client()?;
         let dir = tempfile::tempdir()?;
         sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/analysisjob.yaml"))?;
-        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)?;
-        let crd: CustomResourceDefinition =
-            serde_json::from_value(docs.into_iter().find(|d| !d.is_null()).ok_or("empty CRD file")?)?;
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.create(&PostParams::default(), &crd).await?;
-        tokio::time::timeout(
-            WAIT,
-            await_condition(crds, "analysisjobs.streamscan.io", conditions::is_crd_established()),
-        )
-        .await??;
+        sim.install_analysisjob_crd().await?;
         let kafka = MockCluster::new(1)?;
         kafka.create_topic(TOPIC, 1, 1)?;
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n"))?;

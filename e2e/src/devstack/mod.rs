@@ -11,10 +11,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Api;
-use kube::api::PostParams;
-use kube::runtime::wait::{await_condition, conditions};
 use streamscan_api::names::{ANNOTATION_CAPACITY, LABEL_COMPONENT, LABEL_SERVER_ID};
 
 use self::kafka::KafkaHost;
@@ -135,7 +131,7 @@ impl Devstack {
         let kubeconfig = opts.dir.join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig)?;
         let client = sim.client()?;
-        install_crd(&client).await?;
+        sim.install_analysisjob_crd().await?;
 
         let kafka = KafkaHost::start(1, &opts.topic, 3)?;
         let redis = RedisServer::start(&opts.dir).await?;
@@ -435,20 +431,6 @@ impl Devstack {
         }
         self.redis.kill().await;
     }
-}
-
-async fn install_crd(client: &kube::Client) -> Result<(), DevstackError> {
-    let crd = streamscan_api::generate::crd();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.create(&PostParams::default(), &crd).await?;
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        await_condition(api, "analysisjobs.streamscan.io", conditions::is_crd_established()),
-    )
-    .await
-    .map_err(|_| DevstackError::NotReady("the AnalysisJob CRD".into()))?
-    .map_err(|e| DevstackError::Other(format!("waiting for the CRD: {e}")))?;
-    Ok(())
 }
 
 /// Polls `url` until it answers 200 (the process has nothing else to await), at most 60 s.

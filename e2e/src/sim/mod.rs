@@ -43,6 +43,10 @@ pub enum SimError {
     Join(#[from] tokio::task::JoinError),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the AnalysisJob CRD was not Established within {0:?}")]
+    CrdNotEstablished(Duration),
+    #[error("waiting for the AnalysisJob CRD: {0}")]
+    CrdWait(String),
 }
 
 /// RFC 3339 in whole seconds, as metav1.Time serialises.
@@ -158,6 +162,25 @@ impl Simulator {
     pub fn client(&self) -> Result<kube::Client, SimError> {
         let config = kube::Config::new(self.url().parse()?);
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Creates the AnalysisJob CRD (as generated from `crds/`, which a test keeps equal to
+    /// `crds/analysisjob.yaml`) and waits until it is Established.
+    pub async fn install_analysisjob_crd(&self) -> Result<(), SimError> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use kube::runtime::wait::{await_condition, conditions};
+        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client()?);
+        api.create(&Default::default(), &streamscan_api::generate::crd())
+            .await?;
+        let wait = Duration::from_secs(20);
+        tokio::time::timeout(
+            wait,
+            await_condition(api, "analysisjobs.streamscan.io", conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| SimError::CrdNotEstablished(wait))?
+        .map_err(|e| SimError::CrdWait(e.to_string()))?;
+        Ok(())
     }
 
     /// Ends every open watch; clients resume from their last resourceVersion.
