@@ -3,6 +3,7 @@
 //! not), and `devstack`, the whole system on one machine.
 
 pub mod devstack;
+pub mod fence;
 pub mod sim;
 
 pub use sim::{SimError, Simulator};

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use streamscan_api::names::LABEL_SERVER_ID;
 use streamscan_api::{AnalysisJob, EventStatus, ExecutionState, ProgressEvent};
 use streamscan_e2e::Simulator;
+use streamscan_e2e::fence::FencingProxy;
 use tokio::process::{Child, Command};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -153,6 +154,10 @@ impl Files {
 struct Harness {
     _sim: Simulator,
     kafka: MockCluster<'static, DefaultProducerContext>,
+    /// Kafka's producer fencing in front of the mock cluster, when the test needs it.
+    fence: Option<FencingProxy>,
+    /// Where clients connect: the mock cluster, or the fencing proxy.
+    bootstrap: String,
     dir: tempfile::TempDir,
     jobs: Api<AnalysisJob>,
     files: Files,
@@ -161,7 +166,17 @@ struct Harness {
 }
 
 impl Harness {
+    /// With librdkafka's mock cluster.
     async fn start() -> Res<Self> {
+        Self::start_with(false).await
+    }
+
+    /// With Kafka's producer fencing in front of the mock cluster (see `streamscan_e2e::fence`).
+    async fn start_fencing() -> Res<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(fencing: bool) -> Res<Self> {
         let sim = Simulator::start().await?;
         let client: Client = sim.client()?;
         let dir = tempfile::tempdir()?;
@@ -169,6 +184,13 @@ impl Harness {
         sim.install_analysisjob_crd().await?;
         let kafka = MockCluster::new(1)?;
         kafka.create_topic(TOPIC, 1, 1)?;
+        let fence = match fencing {
+            true => Some(FencingProxy::start(&kafka.bootstrap_servers()).await?),
+            false => None,
+        };
+        let bootstrap = fence
+            .as_ref()
+            .map_or_else(|| kafka.bootstrap_servers(), FencingProxy::bootstrap_servers);
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n"))?;
         std::fs::create_dir_all(dir.path().join("sources"))?;
         let files = Files::default();
@@ -176,6 +198,8 @@ impl Harness {
         Ok(Harness {
             _sim: sim,
             kafka,
+            fence,
+            bootstrap,
             jobs: Api::namespaced(client, "default"),
             files,
             files_addr,
@@ -209,12 +233,7 @@ impl Harness {
             .arg(self.data_dir(server))
             .arg("--source-root")
             .arg(self.dir.path().join("sources"))
-            .args([
-                "--kafka-bootstrap",
-                &self.kafka.bootstrap_servers(),
-                "--kafka-topic",
-                TOPIC,
-            ])
+            .args(["--kafka-bootstrap", &self.bootstrap, "--kafka-topic", TOPIC])
             .args([
                 "--chunk-size",
                 "65536",
@@ -285,7 +304,7 @@ impl Harness {
 
     /// The events of one attempt, read committed, until its final event.
     async fn events(&self, event_id: &str) -> Res<Vec<(ProgressEvent, BTreeMap<String, String>)>> {
-        let bootstrap = self.kafka.bootstrap_servers();
+        let bootstrap = self.bootstrap.clone();
         let event_id = event_id.to_owned();
         tokio::task::spawn_blocking(move || consume(&bootstrap, &event_id)).await?
     }
@@ -671,36 +690,17 @@ async fn broker_errors_and_an_outage_lose_and_duplicate_nothing() -> Res<()> {
     Ok(())
 }
 
-/// librdkafka's mock cluster cannot show fencing: its InitProducerId hands a new producer id to
-/// a second producer with the same transactional id instead of bumping the epoch
-/// (`rd_kafka_mock_pid_new` in `rdkafka_mock_handlers.c`), so the zombie's pid stays valid there.
-/// Run against a real Kafka with `STREAMSCAN_TEST_KAFKA=host:port cargo test -- --ignored zombie`.
-#[test]
-#[ignore = "needs a broker that fences by transactional.id (set STREAMSCAN_TEST_KAFKA); the mock cluster does not"]
-fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
-    use streamscan_worker::runtime::events::{EventsError, Publisher, StreamInfo};
-    let kafka = MockCluster::new(1)?;
-    kafka.create_topic(TOPIC, 1, 1)?;
-    let bootstrap = std::env::var("STREAMSCAN_TEST_KAFKA").unwrap_or_else(|_| kafka.bootstrap_servers());
-    let analyze_id = format!("uid-z-{}", uuid::Uuid::new_v4());
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &bootstrap);
-    let info = StreamInfo {
-        topic: TOPIC.into(),
-        namespace: "default".into(),
-        name: "z".into(),
-        analyze_id: analyze_id.clone(),
-        server_id: "s1".into(),
-    };
-    let event = |event_id: &str, seq: u64| ProgressEvent {
+/// An event of attempt `event_id` of job `analyze_id`, as a worker would send it.
+fn attempt_event(analyze_id: &str, event_id: &str, seq: u64) -> ProgressEvent {
+    ProgressEvent {
         version: streamscan_api::EVENT_VERSION,
         user_id: "alice".into(),
         event_id: event_id.into(),
-        server_id: "s1".into(),
-        analyze_id: analyze_id.clone(),
+        server_id: "s2".into(),
+        analyze_id: analyze_id.into(),
         namespace: "default".into(),
         name: "z".into(),
-        attempt: 1,
+        attempt: 2,
         status: if seq == 0 {
             EventStatus::Started
         } else {
@@ -714,47 +714,229 @@ fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
         message: None,
         retriable: None,
         result: None,
+    }
+}
+
+/// The producer a newer attempt of `analyze_id` starts (same transactional id as the worker's),
+/// with one committed event of its own. Returns the publisher and how many events it committed.
+fn newer_attempt_producer(
+    bootstrap: &str,
+    analyze_id: &str,
+    event_id: &str,
+) -> Res<(
+    streamscan_worker::runtime::events::Publisher,
+    std::sync::mpsc::Receiver<u64>,
+)> {
+    use streamscan_worker::runtime::events::{Publisher, StreamInfo};
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    let info = StreamInfo {
+        topic: TOPIC.into(),
+        namespace: "default".into(),
+        name: "z".into(),
+        analyze_id: analyze_id.into(),
+        server_id: "s2".into(),
     };
-    let committed = |tx: std::sync::mpsc::Sender<u64>| {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let publisher = Publisher::start(
+        &config,
+        info,
+        16,
         Box::new(move |seq: u64, _| {
             let _ = tx.send(seq);
-        })
+        }),
+    )?;
+    publisher
+        .queue()
+        .ok_or("queue")?
+        .send(attempt_event(analyze_id, event_id, 0))?;
+    // Committed: its init_transactions has bumped the epoch, so older producers are fenced now.
+    assert_eq!(rx.recv_timeout(WAIT)?, 1);
+    Ok((publisher, rx))
+}
+
+/// Every message on the topic of job `analyze_id`, in offset order: (offset, eventId, seq, status).
+fn topic_messages(bootstrap: &str, analyze_id: &str, until: usize) -> Res<Vec<(i64, String, u64, EventStatus)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("zombie-check-{}", uuid::Uuid::new_v4()))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[TOPIC])?;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && seen.len() < until {
+        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
+            let msg = msg?;
+            let e = ProgressEvent::from_slice(msg.payload().ok_or("payload")?)?;
+            if e.analyze_id == analyze_id {
+                seen.push((msg.offset(), e.event_id, e.seq, e.status));
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// Producer level: once a newer attempt's producer has started, the old one can commit nothing
+/// more and reports itself fenced. librdkafka's mock cluster does not fence (it hands a second
+/// producer with the same transactional id a new producer id instead of bumping the epoch), so
+/// the test puts Kafka's fencing rule in front of it (`streamscan_e2e::fence`);
+/// `STREAMSCAN_TEST_KAFKA=host:port` runs it against a real broker (Apache Kafka, Redpanda) instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
+    let kafka = MockCluster::new(1)?;
+    kafka.create_topic(TOPIC, 1, 1)?;
+    let fence = FencingProxy::start(&kafka.bootstrap_servers()).await?;
+    let bootstrap = std::env::var("STREAMSCAN_TEST_KAFKA").unwrap_or_else(|_| fence.bootstrap_servers());
+    let analyze_id = format!("uid-z-{}", uuid::Uuid::new_v4());
+    let id = analyze_id.clone();
+    tokio::task::spawn_blocking(move || zombie_is_fenced(&bootstrap, &id)).await??;
+    if std::env::var_os("STREAMSCAN_TEST_KAFKA").is_none() {
+        let txn = format!("streamscan-{analyze_id}");
+        assert_eq!(
+            fence.initialised(),
+            vec![txn.clone(), txn],
+            "both attempts use the job's transactional id"
+        );
+        assert!(!fence.refused().is_empty(), "the zombie's requests were refused");
+    }
+    Ok(())
+}
+
+fn zombie_is_fenced(bootstrap: &str, analyze_id: &str) -> Res<()> {
+    use streamscan_worker::runtime::events::{EventsError, Publisher, StreamInfo};
+    let analyze_id = analyze_id.to_owned();
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    let info = StreamInfo {
+        topic: TOPIC.into(),
+        namespace: "default".into(),
+        name: "z".into(),
+        analyze_id: analyze_id.clone(),
+        server_id: "s1".into(),
     };
     let (old_tx, old_rx) = std::sync::mpsc::channel();
-    let old = Publisher::start(&config, info.clone(), 16, committed(old_tx))?;
-    old.queue().ok_or("queue")?.send(event("old", 0))?;
+    let old = Publisher::start(
+        &config,
+        info,
+        16,
+        Box::new(move |seq: u64, _| {
+            let _ = old_tx.send(seq);
+        }),
+    )?;
+    old.queue().ok_or("queue")?.send(attempt_event(&analyze_id, "old", 0))?;
     assert_eq!(old_rx.recv_timeout(WAIT)?, 1);
     // The new attempt's producer: same transactional id, so it fences the old one.
-    let (new_tx, new_rx) = std::sync::mpsc::channel();
-    let new = Publisher::start(&config, info, 16, committed(new_tx))?;
-    new.queue().ok_or("queue")?.send(event("new", 0))?;
-    assert_eq!(new_rx.recv_timeout(WAIT)?, 1);
+    let (new, _new_rx) = newer_attempt_producer(bootstrap, &analyze_id, "new")?;
     // The zombie tries to go on: its send or commit fails as fenced, and nothing gets out.
     let zombie = old.queue().ok_or("queue")?;
-    let _ = zombie.send(event("old", 1));
+    let _ = zombie.send(attempt_event(&analyze_id, "old", 1));
     drop(zombie);
     let outcome = old.finish();
     assert!(matches!(outcome, Err(EventsError::Fenced(_))), "{outcome:?}");
     assert!(old_rx.try_recv().is_err(), "the zombie committed nothing more");
     new.finish()?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", format!("zombie-check-{}", uuid::Uuid::new_v4()))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[TOPIC])?;
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline && seen.len() < 2 {
-        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
-            let e = ProgressEvent::from_slice(msg?.payload().ok_or("payload")?)?;
-            if e.analyze_id == analyze_id {
-                seen.push((e.event_id, e.seq));
-            }
-        }
-    }
+    let seen: Vec<(String, u64)> = topic_messages(bootstrap, &analyze_id, 3)?
+        .into_iter()
+        .map(|(_, event_id, seq, _)| (event_id, seq))
+        .collect();
     assert_eq!(seen, vec![("old".to_owned(), 0), ("new".to_owned(), 0)]);
+    Ok(())
+}
+
+/// Process level: a worker whose attempt was taken over (a newer attempt's producer started,
+/// while this worker never saw the re-pin on the API server) is fenced on Kafka, stops the attempt
+/// and reports nothing more: no event after the takeover, no result, no status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_fenced_by_a_newer_attempt_stops_and_reports_nothing() -> Res<()> {
+    let h = Harness::start_fencing().await?;
+    std::fs::write(h.dir.path().join("sources/z.bin"), test_file(12))?;
+    let (_worker, base) = h.worker("s1", "s1", &["--throttle-bytes-per-sec", "524288"]).await?;
+    let job = h
+        .job("z", "s1", json!({"volume": {"path": "z.bin"}}), &["digest", "secrets"])
+        .await?;
+    let uid = job.metadata.uid.clone().ok_or("uid")?;
+    h.wait("z", "progressing", |j: &AnalysisJob| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref())
+            .is_some_and(|p| p.bytes_processed >= 512 << 10)
+    })
+    .await?;
+    // The API server still pins attempt 1 to s1: only Kafka can tell the worker it is a zombie.
+    let bootstrap = h.bootstrap.clone();
+    let takeover_uid = uid.clone();
+    let (newer, _) =
+        tokio::task::spawn_blocking(move || newer_attempt_producer(&bootstrap, &takeover_uid, "z-e2")).await??;
+    let stale = tokio::time::timeout(WAIT, async {
+        loop {
+            let metrics = h.http.get(format!("{base}/metrics")).send().await?.text().await?;
+            if metrics
+                .lines()
+                .any(|l| l.starts_with("streamscan_worker_jobs_stale_total 1"))
+            {
+                return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(metrics);
+            }
+            // Nothing to await but the worker's counter: poll it with a short bounded interval.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .map_err(|_| format!("the worker never stopped the fenced attempt; log:\n{}", h.log("s1")))??;
+    assert!(stale.contains("streamscan_worker_jobs_running 0"), "{stale}");
+    assert!(h.log("s1").contains("fenced"), "the worker says why it stopped");
+    let txn = format!("streamscan-{uid}");
+    let fence = h.fence.as_ref().ok_or("fencing proxy")?;
+    assert!(
+        fence.refused().iter().any(|(t, _)| *t == txn),
+        "the broker refused the zombie: {:?}",
+        fence.refused()
+    );
+    // Nothing more from the zombie: its events are a gapless prefix, all before the takeover.
+    let bootstrap = h.bootstrap.clone();
+    let seen = tokio::task::spawn_blocking(move || topic_messages(&bootstrap, &uid, usize::MAX)).await??;
+    let takeover = seen
+        .iter()
+        .find(|(_, e, _, _)| e == "z-e2")
+        .map(|(offset, _, _, _)| *offset)
+        .ok_or("the newer attempt's event is on the topic")?;
+    let old: Vec<_> = seen.iter().filter(|(_, e, _, _)| e == "z-e1").collect();
+    assert!(!old.is_empty(), "the old attempt sent events before the takeover");
+    for (i, (offset, _, seq, status)) in old.iter().enumerate() {
+        assert_eq!(*seq, i as u64, "gapless");
+        assert!(*offset < takeover, "event {seq} of the old attempt after the takeover");
+        assert!(
+            matches!(status, EventStatus::Started | EventStatus::Progress),
+            "the zombie sent {status:?}"
+        );
+    }
+    let status = h.jobs.get("z").await?.status.ok_or("status")?;
+    let execution = status.execution.ok_or("execution")?;
+    assert_eq!(
+        (execution.attempt, execution.state),
+        (1, ExecutionState::Running),
+        "the zombie wrote no end"
+    );
+    assert!(status.result.is_none(), "the zombie reported no result");
+    assert!(
+        !h.data_dir("s1")
+            .join("results")
+            .join(format!("{}.json.zst", job.metadata.uid.as_deref().unwrap_or_default()))
+            .exists(),
+        "no result stored"
+    );
+    // The worker itself is fine.
+    assert!(
+        h.http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await?
+            .status()
+            .is_success()
+    );
+    newer.finish()?;
     Ok(())
 }
 

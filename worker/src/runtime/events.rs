@@ -104,7 +104,18 @@ impl Publisher {
         let flag = abandon.clone();
         let thread = std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || publish(producer, info, rx, flag, on_commit))
+            .spawn(move || {
+                let analyze_id = info.analyze_id.clone();
+                let ended = publish(producer, info, rx, flag, on_commit);
+                match &ended {
+                    Err(e @ EventsError::Fenced(_)) => {
+                        tracing::warn!(%analyze_id, error = %e, "fenced: a newer attempt owns the event stream; this attempt stops")
+                    }
+                    Err(e) => tracing::warn!(%analyze_id, error = %e, "the event publisher stopped"),
+                    Ok(()) => {}
+                }
+                ended
+            })
             .map_err(|e| EventsError::Kafka(format!("starting the publisher thread: {e}")))?;
         Ok(Publisher {
             queue: Some(EventQueue { tx }),

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub succeeded: Counter,
     pub failed: Counter,
     pub cancelled: Counter,
+    /// Attempts stopped because a newer attempt owns the job (re-pinned, or fenced on Kafka).
+    pub stale: Counter,
     pub bytes: Counter,
 }
 
@@ -94,6 +96,11 @@ impl Metrics {
             "jobs_cancelled",
             "Attempts cancelled and rolled back",
             self.cancelled.clone(),
+        );
+        r.register(
+            "jobs_stale",
+            "Attempts stopped because a newer attempt owns the job (re-pinned, or fenced on Kafka)",
+            self.stale.clone(),
         );
         r.register("bytes_analysed", "Source bytes analysed", self.bytes.clone());
     }
@@ -266,6 +273,7 @@ pub async fn run(shared: Arc<Shared>, job: JobInfo, control: Arc<Control>) {
         Outcome::Succeeded => shared.metrics.succeeded.inc(),
         Outcome::Failed => shared.metrics.failed.inc(),
         Outcome::Stopped(StopReason::Cancel) => shared.metrics.cancelled.inc(),
+        Outcome::Stopped(StopReason::Stale) => shared.metrics.stale.inc(),
         Outcome::Stopped(_) => 0,
     };
 }
