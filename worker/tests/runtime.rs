@@ -717,9 +717,11 @@ fn attempt_event(analyze_id: &str, event_id: &str, seq: u64) -> ProgressEvent {
     }
 }
 
-/// The producer a newer attempt of `analyze_id` starts (same transactional id as the worker's),
-/// with one committed event of its own. Returns the publisher and how many events it committed.
-fn newer_attempt_producer(
+/// An attempt's event publisher for job `analyze_id` (transactional id `streamscan-<analyzeId>`,
+/// as the worker's), having committed its first event `event_id`/0: once this returns, its
+/// init_transactions has taken the transactional id over, fencing every older producer.
+/// Returns the publisher and the seqs it commits from now on.
+fn attempt_producer(
     bootstrap: &str,
     analyze_id: &str,
     event_id: &str,
@@ -750,7 +752,6 @@ fn newer_attempt_producer(
         .queue()
         .ok_or("queue")?
         .send(attempt_event(analyze_id, event_id, 0))?;
-    // Committed: its init_transactions has bumped the epoch, so older producers are fenced now.
     assert_eq!(rx.recv_timeout(WAIT)?, 1);
     Ok((publisher, rx))
 }
@@ -806,39 +807,19 @@ async fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
 }
 
 fn zombie_is_fenced(bootstrap: &str, analyze_id: &str) -> Res<()> {
-    use streamscan_worker::runtime::events::{EventsError, Publisher, StreamInfo};
-    let analyze_id = analyze_id.to_owned();
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    let info = StreamInfo {
-        topic: TOPIC.into(),
-        namespace: "default".into(),
-        name: "z".into(),
-        analyze_id: analyze_id.clone(),
-        server_id: "s1".into(),
-    };
-    let (old_tx, old_rx) = std::sync::mpsc::channel();
-    let old = Publisher::start(
-        &config,
-        info,
-        16,
-        Box::new(move |seq: u64, _| {
-            let _ = old_tx.send(seq);
-        }),
-    )?;
-    old.queue().ok_or("queue")?.send(attempt_event(&analyze_id, "old", 0))?;
-    assert_eq!(old_rx.recv_timeout(WAIT)?, 1);
+    use streamscan_worker::runtime::events::EventsError;
+    let (old, old_rx) = attempt_producer(bootstrap, analyze_id, "old")?;
     // The new attempt's producer: same transactional id, so it fences the old one.
-    let (new, _new_rx) = newer_attempt_producer(bootstrap, &analyze_id, "new")?;
+    let (new, _new_rx) = attempt_producer(bootstrap, analyze_id, "new")?;
     // The zombie tries to go on: its send or commit fails as fenced, and nothing gets out.
     let zombie = old.queue().ok_or("queue")?;
-    let _ = zombie.send(attempt_event(&analyze_id, "old", 1));
+    let _ = zombie.send(attempt_event(analyze_id, "old", 1));
     drop(zombie);
     let outcome = old.finish();
     assert!(matches!(outcome, Err(EventsError::Fenced(_))), "{outcome:?}");
     assert!(old_rx.try_recv().is_err(), "the zombie committed nothing more");
     new.finish()?;
-    let seen: Vec<(String, u64)> = topic_messages(bootstrap, &analyze_id, 3)?
+    let seen: Vec<(String, u64)> = topic_messages(bootstrap, analyze_id, 3)?
         .into_iter()
         .map(|(_, event_id, seq, _)| (event_id, seq))
         .collect();
@@ -868,8 +849,7 @@ async fn a_worker_fenced_by_a_newer_attempt_stops_and_reports_nothing() -> Res<(
     // The API server still pins attempt 1 to s1: only Kafka can tell the worker it is a zombie.
     let bootstrap = h.bootstrap.clone();
     let takeover_uid = uid.clone();
-    let (newer, _) =
-        tokio::task::spawn_blocking(move || newer_attempt_producer(&bootstrap, &takeover_uid, "z-e2")).await??;
+    let (newer, _) = tokio::task::spawn_blocking(move || attempt_producer(&bootstrap, &takeover_uid, "z-e2")).await??;
     let stale = tokio::time::timeout(WAIT, async {
         loop {
             let metrics = h.http.get(format!("{base}/metrics")).send().await?.text().await?;
