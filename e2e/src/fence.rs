@@ -470,3 +470,26 @@ fn on_response(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_initialised_producer_owns_the_transactional_id() {
+        let mut o = Owners::default();
+        // Unknown to the coordinator: nothing to fence it with (the broker answers itself).
+        assert!(!o.fenced("t", 7, 0, "EndTxn"));
+        o.owner.insert("t".into(), (7, 0));
+        assert!(!o.fenced("t", 7, 0, "EndTxn"), "the owner");
+        assert!(!o.fenced("t", 7, 1, "Produce"), "a newer epoch of the owner");
+        assert!(!o.fenced("u", 8, 0, "EndTxn"), "another transactional id");
+        // A newer attempt took the id over: the old producer id is a zombie.
+        o.owner.insert("t".into(), (9, 0));
+        assert!(o.fenced("t", 7, 0, "Produce"));
+        // An epoch bump of the owner fences its own older epoch too.
+        o.owner.insert("t".into(), (9, 1));
+        assert!(o.fenced("t", 9, 0, "EndTxn"));
+        assert_eq!(o.refused, vec![("t".to_owned(), "Produce"), ("t".to_owned(), "EndTxn")]);
+    }
+}
