@@ -125,11 +125,12 @@ CALLS = {
                   ("coordination.k8s.io", "leases"): {"get", "create", "patch"}},
     },
     # worker/src/runtime: run.rs/watch.rs (a watcher on the jobs labelled with its serverId, in
-    # --namespace: list+watch), status.rs (merge patch on /status: execution, progress, result).
+    # --namespace: list+watch), status.rs (get, then a merge patch on /status guarded by that
+    # resourceVersion: execution, progress, result, only while the job is at the worker's attempt).
     # Pod patch: labelling its own pod streamscan.io/server-id at startup, limited to the
     # StatefulSet's pod names (not implemented in the worker yet; see helm/README.md).
     "worker": {
-        "jobs": {("streamscan.io", "analysisjobs"): {"list", "watch"},
+        "jobs": {("streamscan.io", "analysisjobs"): {"get", "list", "watch"},
                  ("streamscan.io", "analysisjobs/status"): {"patch"},
                  # headersSecretRef of url sources (worker/src/runtime/executor.rs headers_secret).
                  ("", "secrets"): {"get"}},

@@ -218,6 +218,21 @@ impl Harness {
 
     /// Starts `streamscan-worker serve`; returns the process and its HTTP address.
     async fn worker(&self, server: &str, log: &str, extra: &[&str]) -> Res<(Child, String)> {
+        // Small chunks and frequent checkpoints and progress, so that 4 MiB test files go through
+        // every stage of a run.
+        let tuning = [
+            "--chunk-size",
+            "65536",
+            "--checkpoint-every-bytes",
+            "262144",
+            "--progress-interval-ms",
+            "300",
+        ];
+        self.start_worker(server, log, &[&tuning[..], extra].concat()).await
+    }
+
+    /// Starts `streamscan-worker serve` with its defaults but for `args`.
+    async fn start_worker(&self, server: &str, log: &str, extra: &[&str]) -> Res<(Child, String)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let logfile = std::fs::OpenOptions::new()
             .create(true)
@@ -234,14 +249,6 @@ impl Harness {
             .arg("--source-root")
             .arg(self.dir.path().join("sources"))
             .args(["--kafka-bootstrap", &self.bootstrap, "--kafka-topic", TOPIC])
-            .args([
-                "--chunk-size",
-                "65536",
-                "--checkpoint-every-bytes",
-                "262144",
-                "--progress-interval-ms",
-                "300",
-            ])
             .args(extra)
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("RUST_LOG", "info,streamscan_worker=debug,librdkafka=warn")
@@ -282,8 +289,18 @@ impl Harness {
     }
 
     async fn wait(&self, name: &str, what: &str, cond: impl Fn(&AnalysisJob) -> bool) -> Res<AnalysisJob> {
+        self.wait_within(WAIT, name, what, cond).await
+    }
+
+    async fn wait_within(
+        &self,
+        limit: Duration,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&AnalysisJob) -> bool,
+    ) -> Res<AnalysisJob> {
         let found = tokio::time::timeout(
-            WAIT,
+            limit,
             await_condition(self.jobs.clone(), name, move |j: Option<&AnalysisJob>| {
                 j.is_some_and(&cond)
             }),
@@ -1089,5 +1106,161 @@ async fn url_headers_come_from_the_referenced_secret() -> Res<()> {
     assert_eq!(execution.reason.as_deref(), Some("HeadersSecretNotFound"));
     assert_eq!(execution.retriable, Some(false));
     assert!(execution.message.unwrap_or_default().contains("default/missing"));
+    Ok(())
+}
+
+/// Peak resident memory of a process so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> Res<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no VmHWM in /proc/<pid>/status")?;
+    Ok(kb * 1024)
+}
+
+/// Benchmark (`cargo test --release -p streamscan-worker --test runtime -- --ignored --nocapture
+/// bench`): the worker's memory with several large jobs at once. One `serve` process per row
+/// (so its peak RSS is that row's), capacity 4, the default analyzer set, each job a 1 GiB file
+/// (`STREAMSCAN_BENCH_MIB` to change). Asserts that memory grows by a bounded amount per running
+/// job and not at all for jobs that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_memory_with_several_jobs_at_once() -> Res<()> {
+    const ANALYZERS: [&str; 6] = ["digest", "filetype", "entropy", "secrets", "iocs", "components"];
+    let mib: usize = std::env::var("STREAMSCAN_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let h = Harness::start().await?;
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(h.dir.path().join("sources/big.bin"))?);
+        for block in 0..mib.div_ceil(4) {
+            f.write_all(&test_file(block as u64))?;
+        }
+        f.flush()?;
+    }
+    let bytes = std::fs::metadata(h.dir.path().join("sources/big.bin"))?.len();
+    // (jobs submitted, idle peak, peak, seconds)
+    let mut rows = Vec::new();
+    for jobs in [1usize, 2, 4, 8] {
+        let server = format!("m{jobs}");
+        let (child, _) = h.start_worker(&server, &server, &["--capacity", "4"]).await?;
+        let pid = child.id().ok_or("worker pid")?;
+        let idle = peak_rss(pid)?;
+        let started = std::time::Instant::now();
+        for j in 0..jobs {
+            h.job(
+                &format!("{server}-{j}"),
+                &server,
+                json!({"volume": {"path": "big.bin"}}),
+                &ANALYZERS,
+            )
+            .await?;
+        }
+        for j in 0..jobs {
+            let name = format!("{server}-{j}");
+            h.wait_within(Duration::from_secs(1800), &name, "Succeeded", |j| {
+                execution_state(j) == Some(ExecutionState::Succeeded)
+            })
+            .await?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        rows.push((jobs, idle, peak_rss(pid)?, secs));
+        drop(child);
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "\nworker memory, capacity 4, default analyzers, {:.0} MB per job:",
+        mb(bytes)
+    );
+    println!(
+        "| jobs submitted | running at once | wall s | MB/s (all jobs) | idle RSS MB | peak RSS MB | per running job MB |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &(jobs, idle, peak, secs) in &rows {
+        let running = jobs.min(4);
+        println!(
+            "| {jobs} | {running} | {secs:.1} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            mb(bytes) * jobs as f64 / secs,
+            mb(idle),
+            mb(peak),
+            mb(peak.saturating_sub(idle)) / running as f64
+        );
+    }
+    let growth = |i: usize| rows[i].2.saturating_sub(rows[i].1);
+    // Four jobs at once cost at most four times one job (plus a quarter for allocator slack) ...
+    assert!(
+        growth(2) <= growth(0) * 5,
+        "4 jobs grew RSS by {} MB, one by {} MB",
+        mb(growth(2)),
+        mb(growth(0))
+    );
+    // ... and the four that wait behind them cost nothing much.
+    assert!(
+        rows[3].2 <= rows[2].2 + rows[2].2 / 10,
+        "8 jobs on capacity 4 peaked at {} MB, 4 jobs at {} MB",
+        mb(rows[3].2),
+        mb(rows[2].2)
+    );
+    Ok(())
+}
+
+/// A worker's status writes are conditional on the job still being at its attempt: once the
+/// controller has re-pinned the job (attempt 2 elsewhere), the old attempt's progress, result
+/// and failure writes are refused and change nothing on the CR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_of_a_superseded_attempt_change_nothing() -> Res<()> {
+    use streamscan_api::{ResultSummary, SeverityCounts};
+    use streamscan_worker::runtime::decide::AttemptId;
+    use streamscan_worker::runtime::status::{Failure, Snapshot, StatusError, StatusWriter};
+    let h = Harness::start().await?;
+    h.job("st", "s1", json!({"volume": {"path": "st.bin"}}), &["digest"])
+        .await?;
+    let attempt = AttemptId {
+        attempt: 1,
+        event_id: "st-e1".into(),
+    };
+    let writer = StatusWriter::new(h.jobs.clone(), "st".into(), attempt);
+    let snapshot = Snapshot {
+        processed: 1 << 20,
+        total: Some(4 << 20),
+        rate: 1 << 20,
+        checkpoint: Some(1 << 20),
+    };
+    // While the job is at attempt 1, its writer writes.
+    writer.running(None).await?;
+    writer.progress(&snapshot).await?;
+    let written = h.jobs.get("st").await?.status.ok_or("status")?;
+    assert_eq!(written.progress.map(|p| p.bytes_processed), Some(1 << 20));
+    // The controller re-pins: attempt 2 on s2, execution and progress cleared.
+    let repin = json!({"status": {"serverId": "s2", "attempt": 2, "eventId": "st-e2",
+                                  "execution": null, "progress": null}});
+    h.jobs
+        .patch_status("st", &PatchParams::default(), &Patch::Merge(&repin))
+        .await?;
+    let before = serde_json::to_value(h.jobs.get("st").await?.status)?;
+    let summary = ResultSummary {
+        bytes: 4 << 20,
+        sha256: None,
+        findings: SeverityCounts::default(),
+        report_digest: "0".repeat(64),
+        report_size: 1,
+        server_id: "s1".into(),
+    };
+    let failure = Failure {
+        reason: "Interrupted".into(),
+        message: "x".into(),
+        retriable: true,
+    };
+    let stale = |r: Result<(), StatusError>| matches!(r, Err(StatusError::Stale { .. }));
+    assert!(stale(writer.progress(&snapshot).await), "progress");
+    assert!(stale(writer.running(Some(1)).await), "running");
+    assert!(stale(writer.succeeded(&summary).await), "result");
+    assert!(stale(writer.ended(ExecutionState::Failed, &failure).await), "failure");
+    let after = serde_json::to_value(h.jobs.get("st").await?.status)?;
+    assert_eq!(before, after, "the superseded attempt changed the CR");
     Ok(())
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::decide::AttemptId;
 use super::events::{EventQueue, EventsError, OnCommit, Publisher, StreamInfo};
 use super::sources::{self, Opened, SourceError, Throttled, UploadNotify, UrlOptions};
-use super::status::{Failure, Snapshot, StatusWriter, progress_due};
+use super::status::{Failure, Snapshot, StatusError, StatusWriter, progress_due};
 use super::store::{SavedCheckpoint, Store, StreamState};
 use crate::engine::analyzers::{AnalyzerConfig, build};
 use crate::engine::pipeline::{CancelToken, Checkpoint, EngineError, Hooks, Options, Progress, Scan, ScanResult};
@@ -711,8 +711,16 @@ async fn succeed(
         let _ = shared.store.delete_result(&job.uid);
         return Outcome::Stopped(StopReason::Stale);
     }
-    if let Err(err) = writer.succeeded(&summary).await {
-        tracing::warn!(%err, job = %job.name, "cannot write the result summary");
+    match writer.succeeded(&summary).await {
+        Ok(()) => {}
+        Err(err @ StatusError::Stale { .. }) => {
+            // Re-pinned while this attempt finished: the new attempt's result is the job's.
+            tracing::warn!(%err, job = %job.name, "the job moved on; discarding this attempt's result");
+            let _ = shared.store.delete_result(&job.uid);
+            let _ = shared.store.clear_work(&job.uid);
+            return Outcome::Stopped(StopReason::Stale);
+        }
+        Err(err) => tracing::warn!(%err, job = %job.name, "cannot write the result summary"),
     }
     if let Err(err) = shared.store.clear_work(&job.uid) {
         tracing::warn!(%err, job = %job.name, "cannot delete the checkpoint");

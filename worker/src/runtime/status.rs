@@ -1,6 +1,11 @@
 //! The worker's fields on the CR (`status.execution`, `progress`, `result`): merge patches on
 //! `/status` with field manager `streamscan-worker`, progress throttled to at most one write
 //! every 2 s or each 5 %, whichever comes first.
+//!
+//! Every write is conditional on the job still being this attempt's: the writer reads the job,
+//! checks `status.attempt`/`eventId`, and patches with that resourceVersion (409: read again). So
+//! a worker that was paused or cut off while the controller re-pinned the job (a zombie) cannot
+//! overwrite the new attempt's progress or report a result for it.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +16,18 @@ use streamscan_api::names::MANAGER_WORKER;
 use streamscan_api::{AnalysisJob, ExecutionState, ResultSummary};
 
 use super::decide::AttemptId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The job has moved on to another attempt (or is gone): nothing was written.
+    #[error("the job is no longer at attempt {attempt} ({event_id}); not writing")]
+    Stale { attempt: i32, event_id: String },
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Tries of one conditional write before giving up (each 409 means another writer got in first).
+const WRITE_TRIES: usize = 8;
 
 /// Writes one job's worker-owned status fields.
 #[derive(Clone)]
@@ -67,15 +84,40 @@ impl StatusWriter {
         StatusWriter { api, name, attempt }
     }
 
-    async fn patch(&self, status: Value) -> Result<(), kube::Error> {
+    async fn patch(&self, status: Value) -> Result<(), StatusError> {
         let params = PatchParams {
             field_manager: Some(MANAGER_WORKER.into()),
             ..PatchParams::default()
         };
-        self.api
-            .patch_status(&self.name, &params, &Patch::Merge(json!({ "status": status })))
-            .await
-            .map(|_| ())
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let job = match self.api.get(&self.name).await {
+                Ok(job) => job,
+                Err(kube::Error::Api(e)) if e.code == 404 => return Err(self.stale()),
+                Err(e) => return Err(e.into()),
+            };
+            let current = job.status.as_ref().map(|s| (s.attempt, s.event_id.as_deref()));
+            if current != Some((Some(self.attempt.attempt), Some(self.attempt.event_id.as_str()))) {
+                return Err(self.stale());
+            }
+            let body = json!({
+                "metadata": {"resourceVersion": job.metadata.resource_version},
+                "status": status,
+            });
+            match self.api.patch_status(&self.name, &params, &Patch::Merge(&body)).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 && tries < WRITE_TRIES => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn stale(&self) -> StatusError {
+        StatusError::Stale {
+            attempt: self.attempt.attempt,
+            event_id: self.attempt.event_id.clone(),
+        }
     }
 
     fn execution(&self, state: ExecutionState) -> Value {
@@ -83,13 +125,13 @@ impl StatusWriter {
                "reason": null, "message": null, "retriable": null})
     }
 
-    pub async fn running(&self, checkpoint: Option<u64>) -> Result<(), kube::Error> {
+    pub async fn running(&self, checkpoint: Option<u64>) -> Result<(), StatusError> {
         let mut execution = self.execution(ExecutionState::Running);
         execution["checkpointBytes"] = checkpoint.map_or(Value::Null, |c| c.into());
         self.patch(json!({"execution": execution, "result": null})).await
     }
 
-    pub async fn progress(&self, s: &Snapshot) -> Result<(), kube::Error> {
+    pub async fn progress(&self, s: &Snapshot) -> Result<(), StatusError> {
         let eta = match (s.total, s.rate) {
             (Some(t), r) if r > 0 => Some(t.saturating_sub(s.processed) / r),
             _ => None,
@@ -106,7 +148,7 @@ impl StatusWriter {
         self.patch(status).await
     }
 
-    pub async fn succeeded(&self, summary: &ResultSummary) -> Result<(), kube::Error> {
+    pub async fn succeeded(&self, summary: &ResultSummary) -> Result<(), StatusError> {
         let bytes = summary.bytes;
         self.patch(json!({
             "execution": self.execution(ExecutionState::Succeeded),
@@ -116,7 +158,7 @@ impl StatusWriter {
         .await
     }
 
-    pub async fn ended(&self, state: ExecutionState, failure: &Failure) -> Result<(), kube::Error> {
+    pub async fn ended(&self, state: ExecutionState, failure: &Failure) -> Result<(), StatusError> {
         let mut execution = self.execution(state);
         execution["reason"] = failure.reason.clone().into();
         execution["message"] = failure.message.clone().into();
@@ -136,8 +178,14 @@ pub async fn progress_loop(writer: StatusWriter, mut rx: tokio::sync::watch::Rec
         let now = Instant::now();
         if closed || progress_due(last, now, &snap, interval) {
             if last.is_none_or(|(_, prev)| prev != snap) {
-                if let Err(err) = writer.progress(&snap).await {
-                    tracing::warn!(%err, job = %writer.name, "cannot write progress");
+                match writer.progress(&snap).await {
+                    Ok(()) => {}
+                    Err(err @ StatusError::Stale { .. }) => {
+                        // A newer attempt owns the job; the watch or Kafka fencing stops this one.
+                        tracing::warn!(%err, job = %writer.name, "not writing progress");
+                        return;
+                    }
+                    Err(err) => tracing::warn!(%err, job = %writer.name, "cannot write progress"),
                 }
                 last = Some((now, snap));
             }
