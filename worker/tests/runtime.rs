@@ -1198,9 +1198,10 @@ async fn bench_memory_with_several_jobs_at_once() -> Res<()> {
         mb(growth(2)),
         mb(growth(0))
     );
-    // ... and the four that wait behind them cost nothing much.
+    // ... and the four that wait behind them hold no memory: the peak stays within one job's
+    // growth of four jobs' (a finishing job's report write overlaps the next one's start).
     assert!(
-        rows[3].2 <= rows[2].2 + rows[2].2 / 10,
+        rows[3].2 <= rows[2].2 + growth(0),
         "8 jobs on capacity 4 peaked at {} MB, 4 jobs at {} MB",
         mb(rows[3].2),
         mb(rows[2].2)
