@@ -1,5 +1,7 @@
 //! A Kafka broker on real TCP ports: librdkafka's mock cluster, hosted on a thread of its own
-//! (its handle cannot move between threads), controlled through a channel.
+//! (its handle cannot move between threads), controlled through a channel, with Kafka's producer
+//! fencing added in front of it (`crate::fence`), so that a zombie worker is fenced here as on a
+//! real broker.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -7,6 +9,7 @@ use std::thread::JoinHandle;
 use rdkafka::mocking::MockCluster;
 
 use super::DevstackError;
+use crate::fence::FencingProxy;
 
 enum Command {
     BrokersDown(mpsc::Sender<Result<(), String>>),
@@ -16,8 +19,12 @@ enum Command {
 
 /// The hosted mock cluster.
 pub struct KafkaHost {
+    /// Where clients connect (the fencing proxy once [`KafkaHost::with_fencing`] ran).
     pub bootstrap: String,
+    /// The mock cluster's own address.
+    pub broker: String,
     pub brokers: i32,
+    fence: Option<FencingProxy>,
     commands: mpsc::Sender<Command>,
     thread: Option<JoinHandle<()>>,
 }
@@ -75,11 +82,31 @@ impl KafkaHost {
             .map_err(|_| DevstackError::Kafka("the Kafka thread stopped while starting".into()))?
             .map_err(DevstackError::Kafka)?;
         Ok(KafkaHost {
+            broker: bootstrap.clone(),
             bootstrap,
             brokers,
+            fence: None,
             commands,
             thread: Some(thread),
         })
+    }
+
+    /// Puts the fencing proxy in front of the (single) broker; clients connect to it from now on.
+    pub async fn with_fencing(mut self) -> Result<Self, DevstackError> {
+        if self.brokers != 1 {
+            return Err(DevstackError::Kafka("the fencing proxy fronts one broker".into()));
+        }
+        let fence = FencingProxy::start(&self.broker)
+            .await
+            .map_err(|e| DevstackError::Kafka(e.to_string()))?;
+        self.bootstrap = fence.bootstrap_servers();
+        self.fence = Some(fence);
+        Ok(self)
+    }
+
+    /// The fencing proxy, to see what it refused.
+    pub fn fence(&self) -> Option<&FencingProxy> {
+        self.fence.as_ref()
     }
 
     fn call(&self, make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command) -> Result<(), DevstackError> {

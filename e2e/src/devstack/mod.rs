@@ -1,6 +1,7 @@
 //! The whole system on one machine: the API simulator (with the CRD), a Kafka broker (librdkafka's
-//! mock cluster, hosted in this process), a real `redis-server`, two controller replicas with
-//! leader election, one gateway and N workers registered as Ready pods with serverIds 0..N-1.
+//! mock cluster, hosted in this process, behind Kafka's producer fencing: `crate::fence`), a real
+//! `redis-server`, two controller replicas with leader election, one gateway and N workers
+//! registered as Ready pods with serverIds 0..N-1.
 //! Used by the `devstack` binary and by the scenario suite.
 
 pub mod kafka;
@@ -133,7 +134,7 @@ impl Devstack {
         let client = sim.client()?;
         sim.install_analysisjob_crd().await?;
 
-        let kafka = KafkaHost::start(1, &opts.topic, 3)?;
+        let kafka = KafkaHost::start(1, &opts.topic, 3)?.with_fencing().await?;
         let redis = RedisServer::start(&opts.dir).await?;
 
         let internal_token_file = opts.dir.join("internal-token");
