@@ -31,6 +31,7 @@ pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
     pub verdict_mismatches: Counter,
     pub kafka_lag: Gauge,
+    pub kafka_partitions_assigned: Gauge,
     pub history_complete: Gauge,
 }
 
@@ -84,6 +85,11 @@ impl Metrics {
             "kafka_lag",
             "Records behind the high watermark, summed over assigned partitions",
             m.kafka_lag.clone(),
+        );
+        r.register(
+            "kafka_partitions_assigned",
+            "Partitions of the progress topic this replica's consumer holds (0: nothing streams live)",
+            m.kafka_partitions_assigned.clone(),
         );
         r.register(
             "history_complete",

@@ -119,7 +119,11 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
         Duration::from_millis(args.redis_timeout_ms.max(1)),
     )
     .context("configuring Redis")?;
-    let consumer = Arc::new(args.kafka.consumer(&identity).context("configuring Kafka")?);
+    let consumer = Arc::new(
+        args.kafka
+            .consumer(&identity, metrics.kafka_partitions_assigned.clone())
+            .context("configuring Kafka")?,
+    );
     let hub = Hub::new(usize::try_from(args.client_queue).unwrap_or(usize::MAX));
     let history_ok = Arc::new(AtomicBool::new(true));
 
@@ -187,7 +191,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
 
 /// Every few seconds: Kafka and the API server reachable → ready; consumer lag → metric.
 async fn probe(
-    consumer: Arc<rdkafka::consumer::StreamConsumer>,
+    consumer: Arc<kafka::GatewayConsumer>,
     topic: String,
     client: Client,
     ready: Readiness,
@@ -253,6 +257,8 @@ mod tests {
         );
         assert_eq!(args.kafka.kafka_sasl_mechanism, "SCRAM-SHA-512");
         assert_eq!(args.history_ttl_seconds, 600);
+        assert_eq!(args.kafka.kafka_fetch_wait_max_ms, 100);
+        assert_eq!(args.kafka.kafka_session_timeout_ms, 45_000);
         assert!(Cli::try_parse_from(["gateway", "--kafka-bootstrap=k", "--kafka-security-protocol=sasl-ssl"]).is_err());
     }
 }
