@@ -184,6 +184,28 @@ impl Env {
                 let client = stack.client.clone();
                 let secret = std::fs::read_to_string(&stack.jwt_secret_file)?;
                 let log = EventLog::start(&stack.kafka.bootstrap, &stack.opts.topic)?;
+                // Faults start from a steady state, as on a deployed system: both consumers hold
+                // their partitions. A consumer still joining its group when the broker goes away
+                // rejoins as a new member, and librdkafka's mock cluster then waits
+                // session.timeout.ms (45 s) for the ghost one (it measured 44 s of the 8 s Kafka
+                // outage scenario's 58 s); the mock delays a new group's first join by 3 s.
+                let ops = format!("http://127.0.0.1:{}/metrics", stack.gateway_ops_port);
+                within(Duration::from_secs(60), "the gateway's Kafka assignment", async {
+                    loop {
+                        if let Ok(r) = http.get(&ops).send().await
+                            && let Ok(text) = r.text().await
+                            && text.lines().any(|l| {
+                                l.strip_prefix("streamscan_gateway_kafka_partitions_assigned ")
+                                    .is_some_and(|v| v.trim() != "0")
+                            })
+                        {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await?;
+                log.wait_assigned().await?;
                 Ok(Env {
                     jobs: Api::namespaced(client.clone(), "default"),
                     client,
@@ -210,6 +232,7 @@ impl Env {
                         .await?;
                 let client = kube::Client::try_from(config)?;
                 let log = EventLog::start(&v.kafka, &v.topic)?;
+                log.wait_assigned().await?;
                 Ok(Env {
                     jobs: Api::namespaced(client.clone(), &v.namespace),
                     client,
@@ -469,6 +492,10 @@ impl Env {
     /// Stops the stack and reports any process that died on its own.
     pub async fn finish(mut self) -> Res {
         self.log.stop();
+        if std::env::var_os("STREAMSCAN_E2E_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir()?).keep();
+            eprintln!("scenario directory kept (logs under stack/): {}", kept.display());
+        }
         if let Some(mut stack) = self.stack.take() {
             let dead = stack.dead_processes();
             stack.shutdown().await;
@@ -561,6 +588,8 @@ struct LogInner {
 
 pub struct EventLog {
     inner: Arc<Mutex<LogInner>>,
+    /// True once the consumer holds its partitions.
+    assigned: tokio::sync::watch::Receiver<bool>,
     notify: Arc<Notify>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -575,18 +604,27 @@ impl EventLog {
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .set("topic.metadata.refresh.interval.ms", "1000")
+            // As the gateway's default: the mock cluster holds an empty fetch this long, even when
+            // data arrives meanwhile (librdkafka's default of 500 ms delays every check).
+            .set("fetch.wait.max.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
             .create()?;
         consumer.subscribe(&[topic])?;
         let inner = Arc::new(Mutex::new(LogInner::default()));
         let notify = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
+        let (assigned_tx, assigned) = tokio::sync::watch::channel(false);
         let thread = {
             let (inner, notify, stop) = (inner.clone(), notify.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("scenario-consumer".into())
                 .spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
-                        let Some(msg) = consumer.poll(Duration::from_millis(100)) else {
+                        let msg = consumer.poll(Duration::from_millis(100));
+                        if !*assigned_tx.borrow() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                            let _ = assigned_tx.send(true);
+                        }
+                        let Some(msg) = msg else {
                             continue;
                         };
                         // Broker outages surface as errors here; the consumer reconnects by itself.
@@ -613,10 +651,24 @@ impl EventLog {
         };
         Ok(EventLog {
             inner,
+            assigned,
             notify,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Waits (bounded) until the consumer holds its partitions.
+    pub async fn wait_assigned(&self) -> Res {
+        let mut rx = self.assigned.clone();
+        within(
+            Duration::from_secs(60),
+            "the scenario consumer's Kafka assignment",
+            rx.wait_for(|a| *a),
+        )
+        .await?
+        .map_err(|_| "the scenario consumer stopped")?;
+        Ok(())
     }
 
     /// Every event of one analysis, repeats included, in arrival order.
