@@ -322,6 +322,77 @@ async fn worker_pod_deleted_repins() -> Res {
     .await
 }
 
+/// A worker frozen mid-job (SIGSTOP, its pod NotReady: a server cut off) while the controller
+/// re-pins the job, then let go on where it was: a zombie. The new attempt's producer has taken
+/// the job's transactional id over (Kafka fences the old one), the old attempt's status writes are
+/// refused, and its watch says the job moved: it stops, reporting nothing. The job succeeds once,
+/// on the new server, and the audit finds no gap or duplicate in either attempt's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_paused_comes_back_as_a_zombie() -> Res {
+    scenario(
+        "worker_paused_zombie",
+        true,
+        |o| {
+            o.workers = 2;
+            o.controller_args
+                .extend(["--not-ready-grace-seconds", "3"].map(String::from));
+            slow(o, MIB);
+        },
+        async |env, tally| {
+            let source = env.url_source("zombie.bin", test_file(12, 6 * MIB))?;
+            env.create("zombie", "alice", source, ANALYZERS).await?;
+            let ws = WsClient::connect(env, "zombie", "alice").await?;
+            let job = env.wait_progress("zombie").await?;
+            let first = server_of(&job)?;
+            let uid = job.uid().ok_or("no uid")?;
+            env.stack()?.pause_worker(first).await?;
+            // Re-pinned, and the new attempt under way: its producer holds the transactional id.
+            env.wait("zombie", "re-pinned and progressing", |j| {
+                let s = j.status.clone().unwrap_or_default();
+                s.attempt.unwrap_or(0) >= 2
+                    && server_of(j).is_ok_and(|s| s != first)
+                    && s.progress.is_some_and(|p| p.bytes_processed > 0)
+            })
+            .await?;
+            env.stack()?.resume_worker(first).await?;
+            let done = check_job(env, tally, "zombie", Expect::Succeeded, Some(&ws)).await?;
+            let status = done.status.clone().unwrap_or_default();
+            let second = server_of(&done)?;
+            let result_server = status.result.as_ref().map(|r| r.server_id.clone());
+            if second == first || result_server.as_deref() != status.server_id.as_deref() {
+                return Err(format!("result from {result_server:?}, job on {:?}", status.server_id).into());
+            }
+            // The zombie stopped its attempt as stale and kept nothing of it.
+            let stack = env.stack()?;
+            let port = stack.workers[first].port;
+            let data_dir = stack.workers[first].data_dir.clone();
+            let metrics = format!("http://127.0.0.1:{port}/metrics");
+            within(Duration::from_secs(30), "the zombie to stop its attempt", async {
+                loop {
+                    let text = reqwest::get(&metrics).await?.text().await?;
+                    if text
+                        .lines()
+                        .any(|l| l.starts_with("streamscan_worker_jobs_stale_total") && !l.ends_with(" 0"))
+                    {
+                        return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+                    }
+                    // Nothing to await but the worker's counter: poll it at a short bounded interval.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+            .await??;
+            let left = data_dir.join("results").join(format!("{uid}.json.zst"));
+            if left.exists() {
+                return Err(format!("the zombie kept a result: {}", left.display()).into());
+            }
+            let refused = stack.kafka.fence().map(|f| f.refused().len()).unwrap_or(0);
+            eprintln!("worker_paused_zombie: the broker refused {refused} request(s) of the zombie");
+            Ok(())
+        },
+    )
+    .await
+}
+
 async fn lease_holder(env: &Env) -> Res<String> {
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(env.client.clone(), "default");

@@ -351,6 +351,38 @@ impl Devstack {
         Ok(())
     }
 
+    /// Freezes worker `i` (SIGSTOP) and reports its pod NotReady: to the cluster, a server cut
+    /// off; to itself, nothing happened. [`Devstack::resume_worker`] lets it go on where it was,
+    /// as a zombie if its jobs were re-pinned meanwhile.
+    pub async fn pause_worker(&mut self, i: usize) -> Result<(), DevstackError> {
+        self.signal_worker(i, nix::sys::signal::Signal::SIGSTOP)?;
+        if let Some(pod) = self.workers.get(i).and_then(|w| w.pod.as_ref()) {
+            pod.set_ready(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Lets a paused worker go on (SIGCONT) and reports its pod Ready again.
+    pub async fn resume_worker(&mut self, i: usize) -> Result<(), DevstackError> {
+        self.signal_worker(i, nix::sys::signal::Signal::SIGCONT)?;
+        if let Some(pod) = self.workers.get(i).and_then(|w| w.pod.as_ref()) {
+            pod.set_ready(true).await?;
+        }
+        Ok(())
+    }
+
+    fn signal_worker(&self, i: usize, signal: nix::sys::signal::Signal) -> Result<(), DevstackError> {
+        let pid = self
+            .workers
+            .get(i)
+            .and_then(|w| w.proc.as_ref())
+            .and_then(Proc::id)
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| DevstackError::Other(format!("worker {i} is not running")))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .map_err(|e| DevstackError::Other(format!("signalling worker {i}: {e}")))
+    }
+
     async fn start_gateway(&mut self) -> Result<(), DevstackError> {
         let mut args: Vec<String> = vec![
             "gateway".into(),
