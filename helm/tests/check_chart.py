@@ -125,8 +125,9 @@ CALLS = {
                   ("coordination.k8s.io", "leases"): {"get", "create", "patch"}},
     },
     # worker/src/runtime: run.rs/watch.rs (a watcher on the jobs labelled with its serverId, in
-    # --namespace: list+watch), status.rs (get, then a merge patch on /status guarded by that
-    # resourceVersion: execution, progress, result, only while the job is at the worker's attempt).
+    # --namespace: list+watch), status.rs (merge patch on /status with a resourceVersion
+    # precondition: execution, progress, result; get when the job's version at the worker's
+    # attempt is not known or a write conflicted).
     # Pod patch: labelling its own pod streamscan.io/server-id at startup, limited to the
     # StatefulSet's pod names (not implemented in the worker yet; see helm/README.md).
     "worker": {

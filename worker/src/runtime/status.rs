@@ -2,11 +2,14 @@
 //! `/status` with field manager `streamscan-worker`, progress throttled to at most one write
 //! every 2 s or each 5 %, whichever comes first.
 //!
-//! Every write is conditional on the job still being this attempt's: the writer reads the job,
-//! checks `status.attempt`/`eventId`, and patches with that resourceVersion (409: read again). So
-//! a worker that was paused or cut off while the controller re-pinned the job (a zombie) cannot
-//! overwrite the new attempt's progress or report a result for it.
+//! Every write is conditional on the job still being this attempt's: it carries, as precondition,
+//! the resourceVersion of a version of the job seen at this attempt (the answer to the writer's
+//! own last write, or a fresh read that checked `status.attempt`/`eventId`). A 409 means someone
+//! else wrote since: read, check, try again. So a worker that was paused or cut off while the
+//! controller re-pinned the job (a zombie) cannot overwrite the new attempt's progress or report a
+//! result for it, and the steady state costs one request per write.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::Api;
@@ -35,6 +38,8 @@ pub struct StatusWriter {
     api: Api<AnalysisJob>,
     name: String,
     attempt: AttemptId,
+    /// resourceVersion of the latest version of the job known to be at this attempt.
+    known: Arc<Mutex<Option<String>>>,
 }
 
 /// A failure or cancellation, as reported on the CR and in the final event.
@@ -81,7 +86,22 @@ pub fn progress_due(last: Option<(Instant, Snapshot)>, now: Instant, next: &Snap
 
 impl StatusWriter {
     pub fn new(api: Api<AnalysisJob>, name: String, attempt: AttemptId) -> Self {
-        StatusWriter { api, name, attempt }
+        StatusWriter {
+            api,
+            name,
+            attempt,
+            known: Arc::default(),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `job` is still at this writer's attempt.
+    fn current(&self, job: &AnalysisJob) -> bool {
+        let at = job.status.as_ref().map(|s| (s.attempt, s.event_id.as_deref()));
+        at == Some((Some(self.attempt.attempt), Some(self.attempt.event_id.as_str())))
     }
 
     async fn patch(&self, status: Value) -> Result<(), StatusError> {
@@ -92,22 +112,32 @@ impl StatusWriter {
         let mut tries = 0;
         loop {
             tries += 1;
-            let job = match self.api.get(&self.name).await {
-                Ok(job) => job,
-                Err(kube::Error::Api(e)) if e.code == 404 => return Err(self.stale()),
-                Err(e) => return Err(e.into()),
+            let cached = self.known().clone();
+            let rv = match cached {
+                Some(rv) => rv,
+                None => {
+                    let job = match self.api.get(&self.name).await {
+                        Ok(job) => job,
+                        Err(kube::Error::Api(e)) if e.code == 404 => return Err(self.stale()),
+                        Err(e) => return Err(e.into()),
+                    };
+                    if !self.current(&job) {
+                        return Err(self.stale());
+                    }
+                    job.metadata.resource_version.unwrap_or_default()
+                }
             };
-            let current = job.status.as_ref().map(|s| (s.attempt, s.event_id.as_deref()));
-            if current != Some((Some(self.attempt.attempt), Some(self.attempt.event_id.as_str()))) {
-                return Err(self.stale());
-            }
-            let body = json!({
-                "metadata": {"resourceVersion": job.metadata.resource_version},
-                "status": status,
-            });
+            let body = json!({"metadata": {"resourceVersion": rv}, "status": status});
             match self.api.patch_status(&self.name, &params, &Patch::Merge(&body)).await {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 409 && tries < WRITE_TRIES => continue,
+                Ok(job) => {
+                    let current = self.current(&job);
+                    *self.known() = job.metadata.resource_version.filter(|_| current);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 && tries < WRITE_TRIES => {
+                    *self.known() = None;
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => return Err(self.stale()),
                 Err(e) => return Err(e.into()),
             }
         }
