@@ -3,5 +3,5 @@
 pub mod controller;
 pub mod gateway;
 pub mod ops;
-pub mod shutdown;
-pub mod telemetry;
+
+pub use streamscan_runtime::{shutdown, telemetry};

@@ -8,7 +8,6 @@
 //! offset, which never passed the first unstored event.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -30,60 +28,17 @@ use super::metrics::Metrics;
 use super::seqset::Recent;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SecurityProtocol {
-    Plaintext,
-    Ssl,
-    // Spelled as docs/internal-contracts.md and librdkafka spell them (not clap's kebab-case).
-    #[value(name = "sasl_plaintext")]
-    SaslPlaintext,
-    #[value(name = "sasl_ssl")]
-    SaslSsl,
-}
-
-impl SecurityProtocol {
-    fn as_str(self) -> &'static str {
-        match self {
-            SecurityProtocol::Plaintext => "plaintext",
-            SecurityProtocol::Ssl => "ssl",
-            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-            SecurityProtocol::SaslSsl => "sasl_ssl",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OffsetReset {
     Earliest,
     Latest,
 }
 
-/// Kafka client settings, spelled as the workers spell them.
+/// The gateway's Kafka flags: the connection flags every Streamscan client shares, and its
+/// consumer's own.
 #[derive(clap::Args, Debug, Clone)]
-pub struct KafkaArgs {
-    /// Kafka bootstrap servers (host:port list).
-    #[arg(long, env = "STREAMSCAN_KAFKA_BOOTSTRAP")]
-    pub kafka_bootstrap: String,
-    /// The progress topic.
-    #[arg(long, env = "STREAMSCAN_KAFKA_TOPIC", default_value = "streamscan.progress")]
-    pub kafka_topic: String,
-    #[arg(long, value_enum, default_value_t = SecurityProtocol::Plaintext)]
-    pub kafka_security_protocol: SecurityProtocol,
-    /// Cluster CA certificate (Strimzi `ca.crt`).
-    #[arg(long)]
-    pub kafka_ca_file: Option<PathBuf>,
-    /// Client certificate for mutual TLS (Strimzi KafkaUser `user.crt`).
-    #[arg(long, requires = "kafka_key_file")]
-    pub kafka_cert_file: Option<PathBuf>,
-    /// Client key for mutual TLS (Strimzi KafkaUser `user.key`).
-    #[arg(long, requires = "kafka_cert_file")]
-    pub kafka_key_file: Option<PathBuf>,
-    #[arg(long, default_value = "SCRAM-SHA-512")]
-    pub kafka_sasl_mechanism: String,
-    #[arg(long, env = "STREAMSCAN_KAFKA_USERNAME")]
-    pub kafka_username: Option<String>,
-    /// File holding the SASL password (Strimzi KafkaUser Secret `password`).
-    #[arg(long)]
-    pub kafka_password_file: Option<PathBuf>,
+pub struct GatewayKafkaArgs {
+    #[command(flatten)]
+    pub client: streamscan_runtime::kafka::KafkaArgs,
     /// Consumer group of this replica (default: `streamscan-gateway-<identity>`). Each replica
     /// needs its own group so that it sees every event.
     #[arg(long, env = "STREAMSCAN_KAFKA_GROUP_ID")]
@@ -106,52 +61,13 @@ pub struct KafkaArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] streamscan_runtime::kafka::KafkaConfigError),
     #[error("creating the Kafka consumer: {0}")]
     Kafka(#[from] KafkaError),
 }
 
-impl KafkaArgs {
-    /// The librdkafka settings common to every Streamscan Kafka client.
-    pub fn client_config(&self) -> Result<ClientConfig, KafkaSetupError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.kafka_bootstrap)
-            .set("security.protocol", self.kafka_security_protocol.as_str())
-            // librdkafka's reconnect backoff doubles up to 10 s by default, so after a Kafka
-            // outage the consumer came back up to that long after the brokers (5.5 s measured in
-            // the kafka_outage scenario), holding live progress back. 1 s bounds that, at the cost
-            // of one connection attempt per second per broker while Kafka is down.
-            .set("reconnect.backoff.max.ms", "1000");
-        if let Some(ca) = &self.kafka_ca_file {
-            config.set("ssl.ca.location", ca.to_string_lossy());
-        }
-        if let (Some(cert), Some(key)) = (&self.kafka_cert_file, &self.kafka_key_file) {
-            config
-                .set("ssl.certificate.location", cert.to_string_lossy())
-                .set("ssl.key.location", key.to_string_lossy());
-        }
-        if matches!(
-            self.kafka_security_protocol,
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-        ) {
-            config.set("sasl.mechanism", &self.kafka_sasl_mechanism);
-            if let Some(user) = &self.kafka_username {
-                config.set("sasl.username", user);
-            }
-            if let Some(path) = &self.kafka_password_file {
-                let password = std::fs::read_to_string(path).map_err(|source| KafkaSetupError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                // Only the line ending is not part of the password.
-                config.set("sasl.password", password.trim_end_matches(['\r', '\n']));
-            }
-        }
-        Ok(config)
-    }
-
+impl GatewayKafkaArgs {
     /// A consumer of the progress topic that commits only the offsets the loop stores;
     /// `assigned` follows how many partitions it holds.
     pub fn consumer(&self, identity: &str, assigned: Gauge) -> Result<GatewayConsumer, KafkaSetupError> {
@@ -161,6 +77,7 @@ impl KafkaArgs {
             .unwrap_or_else(|| format!("streamscan-gateway-{identity}"));
         let session = self.kafka_session_timeout_ms;
         let consumer: GatewayConsumer = self
+            .client
             .client_config()?
             .set("group.id", &group)
             .set("client.id", format!("streamscan-gateway-{identity}"))
@@ -181,8 +98,8 @@ impl KafkaArgs {
                 },
             )
             .create_with_context(IngestContext { assigned })?;
-        consumer.subscribe(&[&self.kafka_topic])?;
-        tracing::info!(topic = %self.kafka_topic, %group, "subscribed to the progress topic");
+        consumer.subscribe(&[&self.client.kafka_topic])?;
+        tracing::info!(topic = %self.client.kafka_topic, %group, "subscribed to the progress topic");
         Ok(consumer)
     }
 }

@@ -17,7 +17,7 @@ use super::auth::{Auth, AuthArgs};
 use super::history::History;
 use super::http::{self, AppState, Settings};
 use super::hub::Hub;
-use super::kafka::{self, Ingest, KafkaArgs};
+use super::kafka::{self, GatewayKafkaArgs, Ingest};
 use super::metrics::Metrics;
 use super::seqset::Recent;
 use crate::ops::{self, Readiness};
@@ -32,7 +32,7 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "0.0.0.0:8081")]
     pub ops_addr: SocketAddr,
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub kafka: GatewayKafkaArgs,
     /// Redis URL (redis://[user:password@]host:port[/db], rediss:// for TLS).
     #[arg(long, env = "STREAMSCAN_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -129,7 +129,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
 
     let ingest = Ingest::new(
         consumer.clone(),
-        args.kafka.kafka_topic.clone(),
+        args.kafka.client.kafka_topic.clone(),
         history.clone(),
         hub.clone(),
         metrics.clone(),
@@ -139,7 +139,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
     let ingest_task = tokio::spawn(ingest.run(shutdown.clone()));
     let probe_task = tokio::spawn(probe(
         consumer.clone(),
-        args.kafka.kafka_topic.clone(),
+        args.kafka.client.kafka_topic.clone(),
         client.clone(),
         ready.clone(),
         metrics.clone(),
@@ -252,10 +252,10 @@ mod tests {
         .map_err(|e| e.to_string());
         let args = cli.unwrap().args;
         assert_eq!(
-            args.kafka.kafka_security_protocol,
-            super::kafka::SecurityProtocol::SaslSsl
+            args.kafka.client.kafka_security_protocol,
+            streamscan_runtime::kafka::SecurityProtocol::SaslSsl
         );
-        assert_eq!(args.kafka.kafka_sasl_mechanism, "SCRAM-SHA-512");
+        assert_eq!(args.kafka.client.kafka_sasl_mechanism, "SCRAM-SHA-512");
         assert_eq!(args.history_ttl_seconds, 600);
         assert_eq!(args.kafka.kafka_fetch_wait_max_ms, 100);
         assert_eq!(args.kafka.kafka_session_timeout_ms, 45_000);

@@ -13,7 +13,7 @@ pub mod run;
 pub mod sources;
 pub mod status;
 pub mod store;
-pub mod telemetry;
 pub mod watch;
 
 pub use args::ServeArgs;
+pub use streamscan_runtime::{kafka, shutdown, telemetry};

@@ -13,8 +13,8 @@ use super::executor::{Metrics, Shared};
 use super::http::{self, HttpState, Readiness};
 use super::sources;
 use super::store::Store;
-use super::telemetry;
 use super::watch::Runner;
+use super::{shutdown, telemetry};
 use crate::engine::analyzers::{AnalyzerConfig, model::ModelConfig};
 
 /// Puts `streamscan.io/server-id=<server id>` on this worker's own pod.
@@ -74,7 +74,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let jobs = Api::namespaced(client, &args.namespace);
 
-    let shutdown = telemetry::on_signals();
+    let shutdown = shutdown::on_signals();
     let ready = Readiness::default();
     let uploads = Arc::new(tokio::sync::Notify::new());
     let metrics = Metrics::default();

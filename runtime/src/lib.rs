@@ -1,0 +1,6 @@
+//! What Streamscan's long-running binaries (the operator's controller and gateway, the worker)
+//! share, so that they log, stop and reach Kafka the same way: one place for each.
+
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
