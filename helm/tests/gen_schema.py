@@ -95,6 +95,8 @@ schema = obj({
         "opsPort": I(1, maximum=65535),
         "historyTtlSeconds": I(1),
         "maxUploadBytes": I(1),
+        "kafkaFetchWaitMaxMs": I(0, maximum=300000, description="longest time the broker may hold an empty fetch"),
+        "kafkaSessionTimeoutMs": I(1000, description="consumer group session timeout"),
         "auth": obj({
             "jwtSecret": {**SECRET_NAME, "minLength": 1},
             "jwtSecretKey": S(minLength=1),
