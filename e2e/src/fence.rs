@@ -118,8 +118,13 @@ impl FencingProxy {
                 let owners = shared.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = relay(client, &upstream, addr, owners).await {
-                        tracing::debug!(error = %e, "fencing proxy: connection ended");
+                    match relay(client, &upstream, addr, owners).await {
+                        Ok(()) => {}
+                        // A message the proxy cannot read would silently weaken what it proves.
+                        Err(e @ FenceError::Protocol(_)) => {
+                            tracing::warn!(error = %e, "fencing proxy: dropped a connection")
+                        }
+                        Err(e) => tracing::debug!(error = %e, "fencing proxy: connection ended"),
                     }
                 });
             }
