@@ -813,10 +813,10 @@ async fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
     tokio::task::spawn_blocking(move || zombie_is_fenced(&bootstrap, &id)).await??;
     if std::env::var_os("STREAMSCAN_TEST_KAFKA").is_none() {
         let txn = format!("streamscan-{analyze_id}");
-        assert_eq!(
-            fence.initialised(),
-            vec![txn.clone(), txn],
-            "both attempts use the job's transactional id"
+        let initialised = fence.initialised();
+        assert!(
+            initialised.len() >= 2 && initialised.iter().all(|t| *t == txn),
+            "both attempts use the job's transactional id: {initialised:?}"
         );
         assert!(!fence.refused().is_empty(), "the zombie's requests were refused");
     }
