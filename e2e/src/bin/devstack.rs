@@ -41,27 +41,13 @@ async fn main() -> Result<()> {
     opts.capacity = args.capacity;
     eprintln!("devstack: starting in {} (process logs go there) ...", dir.display());
     let stack = Devstack::start(opts).await.context("starting the devstack")?;
+    let stop = streamscan_runtime::shutdown::on_signals();
     for line in stack.env_lines() {
         println!("{line}");
     }
     println!("ready");
-    wait_for_signal().await;
+    stop.cancelled().await;
     eprintln!("devstack: stopping ...");
     stack.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -34,17 +34,13 @@ async fn main() -> anyhow::Result<()> {
     let sim = Simulator::start_with(options).await.context("starting the simulator")?;
     sim.write_kubeconfig(&args.kubeconfig)
         .with_context(|| format!("writing the kubeconfig to {}", args.kubeconfig.display()))?;
+    let stop = streamscan_runtime::shutdown::on_signals();
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "ready {}", sim.url()).context("writing the ready line")?;
         out.flush().context("flushing stdout")?;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-    }
+    stop.cancelled().await;
     tracing::info!("stopping");
     sim.shutdown().await.context("stopping the simulator")?;
     Ok(())
