@@ -1,6 +1,8 @@
 //! What Streamscan's long-running binaries (the operator's controller and gateway, the worker)
-//! share, so that they log, stop and reach Kafka the same way: one place for each.
+//! share, so that they log, stop, serve probes and metrics and reach Kafka the same way: one
+//! place for each.
 
 pub mod kafka;
+pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,9 +1,8 @@
 //! The worker's HTTP service (see `docs/internal-contracts.md`): results download and delete,
-//! streaming uploads, probes and metrics. Everything but the probes and metrics needs the
-//! internal bearer token.
+//! streaming uploads, and the probes and metrics every binary serves (`streamscan_runtime::ops`).
+//! Everything but the probes and metrics needs the internal bearer token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -15,6 +14,7 @@ use axum::routing::get;
 use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
+use streamscan_runtime::ops::{self, Readiness};
 use tokio::io::AsyncWriteExt;
 
 use super::sources::UploadNotify;
@@ -25,19 +25,6 @@ use crate::engine::hex;
 pub const REPORT_DIGEST_HEADER: &str = "x-streamscan-report-sha256";
 /// Header carrying the expected SHA-256 of an upload.
 pub const UPLOAD_DIGEST_HEADER: &str = "x-streamscan-sha256";
-
-/// Whether the worker is ready to take jobs.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
-    }
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -55,12 +42,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/uploads/{id}", axum::routing::put(put_upload))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(protected)
-        .with_state(state)
+    let ops = ops::router(state.registry.clone(), state.ready.clone());
+    protected.with_state(state).merge(ops)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -86,32 +69,6 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
     match given {
         Some(token) if same(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
         _ => error(StatusCode::UNAUTHORIZED, "a valid internal bearer token is required"),
-    }
-}
-
-async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.ready.get() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn metrics(State(state): State<HttpState>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(err) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode metrics: {err}"),
-        ),
     }
 }
 

@@ -10,12 +10,13 @@ use tokio::sync::Semaphore;
 
 use super::args::ServeArgs;
 use super::executor::{Metrics, Shared};
-use super::http::{self, HttpState, Readiness};
+use super::http::{self, HttpState};
 use super::sources;
 use super::store::Store;
 use super::watch::Runner;
 use super::{shutdown, telemetry};
 use crate::engine::analyzers::{AnalyzerConfig, model::ModelConfig};
+use streamscan_runtime::ops::Readiness;
 
 /// Puts `streamscan.io/server-id=<server id>` on this worker's own pod.
 async fn label_own_pod(client: &kube::Client, namespace: &str, pod: &str, server_id: &str) -> Result<()> {

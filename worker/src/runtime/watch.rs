@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::{AttemptId, Decision, JobView, Local, decide};
 use super::executor::{self, Control, JobInfo, Shared, StopReason};
-use super::http::Readiness;
+use streamscan_runtime::ops::Readiness;
 
 enum Slot {
     Running {
