@@ -175,15 +175,18 @@ async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Bytes>
     Ok(Some(buf.freeze()))
 }
 
-fn frame(body: BytesMut) -> Result<Bytes, FenceError> {
+/// Writes one frame: its length, then `body`.
+async fn write_frame(w: &mut (impl AsyncWriteExt + Unpin), body: &[u8], to: &str) -> Result<(), FenceError> {
     let len = i32::try_from(body.len()).map_err(protocol)?;
-    let mut out = BytesMut::with_capacity(body.len() + 4);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(out.freeze())
+    let io = |source| FenceError::Io {
+        what: format!("writing to {to}"),
+        source,
+    };
+    w.write_all(&len.to_be_bytes()).await.map_err(io)?;
+    w.write_all(body).await.map_err(io)
 }
 
-/// A response frame: header for `corr` plus `body`, at the request's API version.
+/// A response (without its length): header for `corr` plus `body`, at the request's API version.
 fn response<M: Encodable>(key: ApiKey, version: i16, corr: i32, body: &M) -> Result<Bytes, FenceError> {
     let mut buf = BytesMut::new();
     let mut header = ResponseHeader::default();
@@ -192,7 +195,7 @@ fn response<M: Encodable>(key: ApiKey, version: i16, corr: i32, body: &M) -> Res
         .encode(&mut buf, key.response_header_version(version))
         .map_err(protocol)?;
     body.encode(&mut buf, version).map_err(protocol)?;
-    frame(buf)
+    Ok(buf.freeze())
 }
 
 /// What to do with a response when it comes back.
@@ -211,6 +214,7 @@ async fn relay(client: TcpStream, upstream: &str, me: SocketAddr, owners: Shared
     let (mut client_r, mut client_w) = client.into_split();
     let (mut server_r, mut server_w) = server.into_split();
     let pending: Arc<Mutex<HashMap<i32, (Pending, i16)>>> = Arc::default();
+    // Frames to the client, without their length: answers from the broker and from the proxy.
     let (to_client, mut to_client_rx) = mpsc::channel::<Bytes>(64);
 
     let requests = {
@@ -226,20 +230,7 @@ async fn relay(client: TcpStream, upstream: &str, me: SocketAddr, owners: Shared
                             break;
                         }
                     }
-                    Action::Forward => {
-                        let len = i32::try_from(request.len()).map_err(protocol)?;
-                        server_w
-                            .write_all(&len.to_be_bytes())
-                            .await
-                            .map_err(|source| FenceError::Io {
-                                what: "writing upstream".into(),
-                                source,
-                            })?;
-                        server_w.write_all(&request).await.map_err(|source| FenceError::Io {
-                            what: "writing upstream".into(),
-                            source,
-                        })?;
-                    }
+                    Action::Forward => write_frame(&mut server_w, &request, "the broker").await?,
                 }
             }
             Ok::<_, FenceError>(())
@@ -255,11 +246,8 @@ async fn relay(client: TcpStream, upstream: &str, me: SocketAddr, owners: Shared
         Ok::<_, FenceError>(())
     };
     let writer = async move {
-        while let Some(f) = to_client_rx.recv().await {
-            client_w.write_all(&f).await.map_err(|source| FenceError::Io {
-                what: "writing to the client".into(),
-                source,
-            })?;
+        while let Some(body) = to_client_rx.recv().await {
+            write_frame(&mut client_w, &body, "the client").await?;
         }
         Ok::<_, FenceError>(())
     };
@@ -432,7 +420,7 @@ fn on_response(
     };
     let corr = i32::from_be_bytes([c[0], c[1], c[2], c[3]]);
     let Some((what, version)) = pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&corr) else {
-        return frame(BytesMut::from(&resp[..]));
+        return Ok(resp);
     };
     let mut buf = resp.clone();
     let host = StrBytes::from_string(me.ip().to_string());
@@ -445,7 +433,7 @@ fn on_response(
             if r.error_code == 0 {
                 lock(owners).owner.insert(txn, (r.producer_id.0, r.producer_epoch));
             }
-            frame(BytesMut::from(&resp[..]))
+            Ok(resp)
         }
         Pending::Rewrite(key) => {
             ResponseHeader::decode(&mut buf, key.response_header_version(version)).map_err(protocol)?;
