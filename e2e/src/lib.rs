@@ -5,5 +5,6 @@
 pub mod devstack;
 pub mod fence;
 pub mod sim;
+pub mod testdata;
 
 pub use sim::{SimError, Simulator};

@@ -66,7 +66,10 @@ fn planted_items_are_found_once_at_their_offsets_whatever_the_chunk_size() {
         let sha = result.summaries[&AnalyzerName::Digest]["sha256"]
             .as_str()
             .map(str::to_owned);
-        assert_eq!(sha, Some(hex(&Sha256::digest(&data))));
+        assert_eq!(
+            sha,
+            Some(streamscan_worker::engine::hex::encode(&Sha256::digest(&data)))
+        );
         let b3 = result.summaries[&AnalyzerName::Digest]["blake3"]
             .as_str()
             .map(str::to_owned);
@@ -77,10 +80,6 @@ fn planted_items_are_found_once_at_their_offsets_whatever_the_chunk_size() {
             Some(r) => assert_eq!(&result.findings, r, "chunk size {chunk} changed the findings"),
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Stated false-positive rate of `filetype` on random data: below 0.1 per GiB (zstd's 4-byte

@@ -27,6 +27,7 @@ use streamscan_api::names::LABEL_SERVER_ID;
 use streamscan_api::{AnalysisJob, EventStatus, ExecutionState, ProgressEvent};
 use streamscan_e2e::Simulator;
 use streamscan_e2e::fence::FencingProxy;
+use streamscan_worker::engine::hex;
 use tokio::process::{Child, Command};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -36,27 +37,9 @@ const TOPIC: &str = "streamscan.progress";
 const TOKEN: &str = "s3cret-internal-token";
 const FILE_SIZE: usize = 4 << 20;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Deterministic test data with a few things to find.
 fn test_file(seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut data: Vec<u8> = (0..FILE_SIZE)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect();
-    for (i, needle) in [&b"AKIAIOSFODNN7EXAMPLE "[..], b" https://evil.example.com/payload "]
-        .iter()
-        .enumerate()
-    {
-        let at = (i + 1) * FILE_SIZE / 3;
-        data[at..at + needle.len()].copy_from_slice(needle);
-    }
-    data
+    streamscan_e2e::testdata::test_file(seed, FILE_SIZE)
 }
 
 /// A file server with Range support; `/drop/...` cuts the first full response in the middle.
@@ -142,7 +125,7 @@ impl Files {
     }
 
     fn add(&self, name: &str, data: Vec<u8>) -> String {
-        let digest = hex(&Sha256::digest(&data));
+        let digest = hex::encode(&Sha256::digest(&data));
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -331,6 +314,25 @@ fn execution_state(j: &AnalysisJob) -> Option<ExecutionState> {
     j.status.as_ref()?.execution.as_ref().map(|e| e.state)
 }
 
+/// The byte offset of the job's last checkpoint, as the worker reported it (0: none yet).
+fn checkpoint_bytes(j: &AnalysisJob) -> i64 {
+    j.status
+        .as_ref()
+        .and_then(|s| s.execution.as_ref())
+        .and_then(|e| e.checkpoint_bytes)
+        .unwrap_or(0)
+}
+
+/// A wait condition: the job's progress has reached `min` bytes.
+fn processed_at_least(min: i64) -> impl Fn(&AnalysisJob) -> bool {
+    move |j| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref())
+            .is_some_and(|p| p.bytes_processed >= min)
+    }
+}
+
 fn consume(bootstrap: &str, event_id: &str) -> Res<Vec<(ProgressEvent, BTreeMap<String, String>)>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -465,7 +467,7 @@ async fn url_job_succeeds_with_gapless_events_and_a_downloadable_result() -> Res
     let header_digest = r.headers()["x-streamscan-report-sha256"].to_str()?.to_owned();
     let body = r.bytes().await?;
     assert_eq!(header_digest, result.report_digest);
-    assert_eq!(hex(&Sha256::digest(&body)), result.report_digest);
+    assert_eq!(hex::encode(&Sha256::digest(&body)), result.report_digest);
     assert_eq!(body.len() as i64, result.report_size);
     let report: serde_json::Value = serde_json::from_slice(&zstd::decode_all(&body[..])?)?;
     assert_eq!(report["digests"]["sha256"], sha.as_str());
@@ -510,15 +512,7 @@ async fn cancel_mid_run_stops_rolls_back_and_reports_cancelled() -> Res<()> {
         .await?;
     let uid = job.metadata.uid.clone().ok_or("uid")?;
     // Mid-run: a checkpoint is on disk and the file is not finished.
-    h.wait("big", "checkpointed", |j| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.execution.as_ref())
-            .and_then(|e| e.checkpoint_bytes)
-            .unwrap_or(0)
-            > 0
-    })
-    .await?;
+    h.wait("big", "checkpointed", |j| checkpoint_bytes(j) > 0).await?;
     assert!(
         h.data_dir("s1")
             .join("jobs")
@@ -571,21 +565,8 @@ async fn a_killed_worker_resumes_from_its_checkpoint_without_gap_or_repeat() -> 
         &["digest", "secrets"],
     )
     .await?;
-    let mid = h
-        .wait("r", "checkpointed", |j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.execution.as_ref())
-                .and_then(|e| e.checkpoint_bytes)
-                .unwrap_or(0)
-                >= 1 << 20
-        })
-        .await?;
-    let checkpoint = mid
-        .status
-        .and_then(|s| s.execution)
-        .and_then(|e| e.checkpoint_bytes)
-        .ok_or("checkpoint")?;
+    let mid = h.wait("r", "checkpointed", |j| checkpoint_bytes(j) >= 1 << 20).await?;
+    let checkpoint = checkpoint_bytes(&mid);
     first.kill().await?;
     let requests_before = h.files.ranges.lock().unwrap_or_else(|e| e.into_inner()).len();
     let (_second, _) = h.worker("s1", "w2", &[]).await?;
@@ -688,18 +669,10 @@ async fn broker_errors_and_an_outage_lose_and_duplicate_nothing() -> Res<()> {
     let (_worker, _) = h.worker("s1", "s1", &["--throttle-bytes-per-sec", "1048576"]).await?;
     h.job("k", "s1", json!({"volume": {"path": "k.bin"}}), &["digest"])
         .await?;
-    let progressed = |min: i64| {
-        move |j: &AnalysisJob| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.progress.as_ref())
-                .is_some_and(|p| p.bytes_processed >= min)
-        }
-    };
-    h.wait("k", "started", progressed(256 << 10)).await?;
+    h.wait("k", "started", processed_at_least(256 << 10)).await?;
     h.kafka.broker_down(1)?;
     // With Kafka down the analysis goes on (its events wait in the buffer).
-    h.wait("k", "progressing while Kafka is down", progressed(2 << 20))
+    h.wait("k", "progressing while Kafka is down", processed_at_least(2 << 20))
         .await?;
     h.kafka.broker_up(1)?;
     h.wait_state("k", ExecutionState::Succeeded).await?;
@@ -856,13 +829,7 @@ async fn a_worker_fenced_by_a_newer_attempt_stops_and_reports_nothing() -> Res<(
         .job("z", "s1", json!({"volume": {"path": "z.bin"}}), &["digest", "secrets"])
         .await?;
     let uid = job.metadata.uid.clone().ok_or("uid")?;
-    h.wait("z", "progressing", |j: &AnalysisJob| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.progress.as_ref())
-            .is_some_and(|p| p.bytes_processed >= 512 << 10)
-    })
-    .await?;
+    h.wait("z", "progressing", processed_at_least(512 << 10)).await?;
     // The API server still pins attempt 1 to s1: only Kafka can tell the worker it is a zombie.
     let bootstrap = h.bootstrap.clone();
     let takeover_uid = uid.clone();
@@ -941,7 +908,7 @@ async fn a_worker_fenced_by_a_newer_attempt_stops_and_reports_nothing() -> Res<(
 async fn an_uploaded_file_is_analysed_and_uploads_are_checked() -> Res<()> {
     let h = Harness::start().await?;
     let data = test_file(7);
-    let sha = hex(&Sha256::digest(&data));
+    let sha = hex::encode(&Sha256::digest(&data));
     let (_worker, base) = h.worker("s1", "s1", &["--max-upload-bytes", "5000000"]).await?;
     // The job waits for its file.
     let job = h
@@ -1006,15 +973,7 @@ async fn sigterm_keeps_the_checkpoint_flushes_and_exits_then_the_job_resumes() -
         .job("t", "s1", json!({"volume": {"path": "t.bin"}}), &["digest"])
         .await?;
     let uid = job.metadata.uid.clone().ok_or("uid")?;
-    h.wait("t", "checkpointed", |j| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.execution.as_ref())
-            .and_then(|e| e.checkpoint_bytes)
-            .unwrap_or(0)
-            > 0
-    })
-    .await?;
+    h.wait("t", "checkpointed", |j| checkpoint_bytes(j) > 0).await?;
     let pid = first.id().ok_or("pid")?;
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])

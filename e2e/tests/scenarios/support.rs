@@ -47,26 +47,7 @@ pub fn sha256(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-/// Deterministic test data with a secret and an indicator to find.
-pub fn test_file(seed: u64, size: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut data: Vec<u8> = (0..size)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect();
-    for (i, needle) in [&b" AKIAIOSFODNN7EXAMPLE "[..], b" https://evil.example.com/payload "]
-        .iter()
-        .enumerate()
-    {
-        let at = (i + 1) * size / 3;
-        if at + needle.len() < size {
-            data[at..at + needle.len()].copy_from_slice(needle);
-        }
-    }
-    data
-}
+pub use streamscan_e2e::testdata::test_file;
 
 // ---------------------------------------------------------------------------------------------
 // Backend selection
