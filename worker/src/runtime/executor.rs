@@ -707,19 +707,12 @@ async fn succeed(
     .await
     {
         // Fenced: a newer attempt exists; this result is not ours to report.
-        tracing::warn!(%err, job = %job.name, "cannot send COMPLETED; not reporting the result");
-        let _ = shared.store.delete_result(&job.uid);
-        return Outcome::Stopped(StopReason::Stale);
+        return superseded(shared, job, &err);
     }
     match writer.succeeded(&summary).await {
         Ok(()) => {}
-        Err(err @ StatusError::Stale { .. }) => {
-            // Re-pinned while this attempt finished: the new attempt's result is the job's.
-            tracing::warn!(%err, job = %job.name, "the job moved on; discarding this attempt's result");
-            let _ = shared.store.delete_result(&job.uid);
-            let _ = shared.store.clear_work(&job.uid);
-            return Outcome::Stopped(StopReason::Stale);
-        }
+        // Re-pinned while this attempt finished: the new attempt's result is the job's.
+        Err(err @ StatusError::Stale { .. }) => return superseded(shared, job, &err),
         Err(err) => tracing::warn!(%err, job = %job.name, "cannot write the result summary"),
     }
     if let Err(err) = shared.store.clear_work(&job.uid) {
@@ -727,6 +720,15 @@ async fn succeed(
     }
     tracing::info!(job = %job.name, bytes, digest = %summary.report_digest, "analysis succeeded");
     Outcome::Succeeded
+}
+
+/// A newer attempt owns the job: this one's result and work are discarded, nothing is reported.
+fn superseded(shared: &Shared, job: &JobInfo, why: &dyn std::fmt::Display) -> Outcome {
+    tracing::warn!(%why, job = %job.name, "a newer attempt owns the job; discarding this attempt's result");
+    if let Err(err) = shared.store.discard_attempt(&job.uid) {
+        tracing::warn!(%err, job = %job.name, "cannot delete this attempt's files");
+    }
+    Outcome::Stopped(StopReason::Stale)
 }
 
 async fn fail(
@@ -749,9 +751,8 @@ async fn fail(
     {
         tracing::warn!(%err, job = %job.name, "cannot send FAILED");
     }
-    let _ = shared.store.delete_result(&job.uid);
-    if let Err(err) = shared.store.clear_work(&job.uid) {
-        tracing::warn!(%err, job = %job.name, "cannot delete the checkpoint");
+    if let Err(err) = shared.store.discard_attempt(&job.uid) {
+        tracing::warn!(%err, job = %job.name, "cannot delete this attempt's files");
     }
     if let Err(err) = writer.ended(ExecutionState::Failed, &failure).await {
         tracing::warn!(%err, job = %job.name, "cannot write the failure");

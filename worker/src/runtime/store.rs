@@ -201,10 +201,17 @@ impl Store {
         }
     }
 
-    /// Deletes everything written for a job: the rollback of a cancel.
-    pub fn rollback(&self, uid: &str) -> Result<(), StoreError> {
+    /// Deletes what an attempt wrote (checkpoint, partial outputs, result) but not the upload,
+    /// which a next attempt still needs: after a failure, or when a newer attempt owns the job.
+    pub fn discard_attempt(&self, uid: &str) -> Result<(), StoreError> {
         self.clear_work(uid)?;
         self.delete_result(uid)?;
+        Ok(())
+    }
+
+    /// Deletes everything written for a job: the rollback of a cancel.
+    pub fn rollback(&self, uid: &str) -> Result<(), StoreError> {
+        self.discard_attempt(uid)?;
         remove(&self.upload_path(uid)?)?;
         Ok(())
     }
