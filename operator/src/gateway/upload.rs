@@ -142,15 +142,19 @@ pub async fn create_with_upload(
     let response = match request.send().await {
         Ok(r) => r,
         Err(err) => {
-            let too_big = std::error::Error::source(&err)
-                .map(|s| s.to_string().contains("upload exceeds"))
-                .unwrap_or(false)
-                || err.to_string().contains("upload exceeds");
-            if too_big {
+            // reqwest's message names only the URL; the causes say what went wrong.
+            let mut why = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(c) = cause {
+                why = format!("{why}: {c}");
+                cause = c.source();
+            }
+            if why.contains("upload exceeds") {
                 return Err(too_large(limit));
             }
+            tracing::warn!(%server_id, error = %why, "streaming an upload to its server failed");
             return Err(ApiError::bad_gateway(format!(
-                "streaming the upload to server {server_id} failed: {err}"
+                "streaming the upload to server {server_id} failed: {why}"
             )));
         }
     };
