@@ -4,6 +4,7 @@
 
 pub mod devstack;
 pub mod fence;
+pub mod real;
 pub mod sim;
 pub mod testdata;
 

@@ -4,95 +4,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 
-use common::{TestResult, WAIT, crd_path, documents, start, workspace_root, yaml_files};
+use common::{
+    Kubectl, TestResult, WAIT, crd_path, documents, every_invalid_fixture_is_refused, path_str, start, workspace_root,
+};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use streamscan_api::AnalysisJob;
 use streamscan_e2e::Simulator;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-/// `kubectl` pointed at one simulator, with its own discovery cache.
-struct Kubectl {
-    dir: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(sim: &Simulator) -> Result<Self, Box<dyn std::error::Error>> {
-        assert!(
-            Path::new("/usr/bin/kubectl").exists()
-                || std::process::Command::new("kubectl")
-                    .arg("version")
-                    .arg("--client")
-                    .output()
-                    .is_ok(),
-            "kubectl is not installed: these tests need the kubectl binary on PATH"
-        );
-        let dir = tempfile::tempdir()?;
-        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
-        Ok(Self { dir })
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
-        cmd.args(args)
-            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
-            .env("KUBECACHEDIR", self.dir.path().join("cache"))
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
-    }
-
-    async fn run(&self, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
-        Ok(tokio::time::timeout(WAIT, self.command(args).output()).await??)
-    }
-
-    /// Runs and requires success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-        let out = self.run(args).await?;
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        if !out.status.success() {
-            return Err(format!("kubectl {args:?} failed: {stdout}{stderr}").into());
-        }
-        Ok(stdout.into_owned())
-    }
-
-    /// Runs and requires failure; returns stdout and stderr together.
-    async fn fails(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-        let out = self.run(args).await?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            return Err(format!("kubectl {args:?} succeeded, expected a refusal: {text}").into());
-        }
-        Ok(text)
-    }
-
-    fn write(&self, name: &str, doc: &serde_json::Value) -> Result<PathBuf, Box<dyn std::error::Error>> {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, serde_json::to_string_pretty(doc)?)?;
-        Ok(path)
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
-}
 
 async fn with_crd() -> Result<(Simulator, kube::Client, Kubectl), Box<dyn std::error::Error>> {
     let (sim, client) = start().await?;
-    let kubectl = Kubectl::new(&sim)?;
+    let kubectl = Kubectl::new()?;
+    sim.write_kubeconfig(&kubectl.kubeconfig())?;
     let out = kubectl.ok(&["apply", "-f", path_str(&crd_path())]).await?;
     assert!(
         out.contains("customresourcedefinition.apiextensions.k8s.io/analysisjobs.streamscan.io created"),
@@ -159,32 +86,7 @@ async fn apply_crd_and_samples_then_get_shows_printer_columns() -> TestResult {
 #[tokio::test]
 async fn every_invalid_fixture_is_refused_by_kubectl_apply_with_its_message() -> TestResult {
     let (_sim, _client, kubectl) = with_crd().await?;
-    for path in yaml_files(&workspace_root().join("e2e/fixtures/invalid"))? {
-        let text = std::fs::read_to_string(&path)?;
-        let expected = text
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .ok_or("no expect line")?;
-        let docs = documents(&path)?;
-        let refused = match docs.as_slice() {
-            [only] => kubectl.write("only.json", only)?,
-            [first, second] => {
-                kubectl
-                    .ok(&["apply", "-f", path_str(&kubectl.write("first.json", first)?)])
-                    .await?;
-                kubectl.write("second.json", second)?
-            }
-            _ => return Err(format!("{} has an unexpected shape", path.display()).into()),
-        };
-        let output = kubectl.fails(&["apply", "-f", path_str(&refused)]).await?;
-        assert!(
-            output.contains(expected),
-            "{}: {output:?} lacks {expected:?}",
-            path.display()
-        );
-        assert!(output.contains("is invalid"), "{output}");
-    }
-    Ok(())
+    every_invalid_fixture_is_refused(&kubectl).await
 }
 
 #[tokio::test]
@@ -373,7 +275,8 @@ async fn server_side_apply_conflicts_and_force() -> TestResult {
 #[tokio::test]
 async fn built_in_kinds_apply_twice_with_strategic_merge() -> TestResult {
     let (sim, _client) = start().await?;
-    let kubectl = Kubectl::new(&sim)?;
+    let kubectl = Kubectl::new()?;
+    sim.write_kubeconfig(&kubectl.kubeconfig())?;
     let mut deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "gateway", "labels": {"app": "gateway"}},

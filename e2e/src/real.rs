@@ -1,0 +1,225 @@
+//! The real servers, on loopback, for the tests that must meet what a user meets: a Kubernetes
+//! control plane (etcd, kube-apiserver with RBAC, kube-controller-manager with the garbage
+//! collector and namespace controllers) and an Apache Kafka broker in KRaft mode.
+//!
+//! The binaries are built (Go) or fetched (Maven Central) by `scripts/real/`, pinned and cached
+//! outside the repo by version; the first use on a new machine builds them (about 6 minutes).
+//! Each handle owns a temporary directory and stops its servers when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RealError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{script} failed ({status}): {stderr}")]
+    Script {
+        script: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("no free block of {0} loopback ports")]
+    NoPorts(u16),
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RealError {
+    let what = what.into();
+    move |source| RealError::Io { what, source }
+}
+
+/// `scripts/real/` of this checkout.
+pub fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/real")
+}
+
+/// Runs a script of `scripts/real/` and returns its stdout's last line.
+fn script(name: &str, args: &[&str]) -> Result<String, RealError> {
+    let path = scripts_dir().join(name);
+    let out = Command::new(&path)
+        .args(args)
+        .output()
+        .map_err(io(format!("running {}", path.display())))?;
+    if !out.status.success() {
+        return Err(RealError::Script {
+            script: format!("{name} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// The first port of `n` consecutive free loopback ports (the servers take port, port+1, ...).
+pub fn free_ports(n: u16) -> Result<u16, RealError> {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io("finding a free port"))?
+            .port();
+        if first.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (1..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", first + i)).ok())
+            .collect();
+        if held.len() == usize::from(n - 1) {
+            return Ok(first);
+        }
+    }
+    Err(RealError::NoPorts(n))
+}
+
+fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, RealError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(io("creating a directory for a real server"))
+}
+
+/// A running control plane. Its kubeconfig authenticates as `admin` (system:masters).
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub port: u16,
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager; returns once /readyz answers.
+    pub fn start() -> Result<Self, RealError> {
+        let dir = temp_dir("streamscan-kube-")?;
+        let port = free_ports(4)?;
+        let d = dir.path().display().to_string();
+        let kubeconfig = PathBuf::from(script("kube.sh", &["start", &d, &port.to_string()])?);
+        Ok(ControlPlane { dir, kubeconfig, port })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The API server's address.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// A client as `admin`, default namespace `default`.
+    pub async fn client(&self) -> Result<kube::Client, RealError> {
+        let bad = |message: String| RealError::Kubeconfig {
+            path: self.kubeconfig.display().to_string(),
+            message,
+        };
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|e| bad(e.to_string()))?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Stops the API server and starts it again on the same port and etcd (clients see a
+    /// connection refused, then the same data).
+    pub fn restart_apiserver(&self) -> Result<(), RealError> {
+        script(
+            "kube.sh",
+            &["restart-apiserver", &self.dir.path().display().to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = script("kube.sh", &["stop", &self.dir.path().display().to_string()]);
+    }
+}
+
+/// A running Apache Kafka broker (one combined KRaft node).
+pub struct Kafka {
+    dir: tempfile::TempDir,
+    pub bootstrap: String,
+    pub port: u16,
+}
+
+impl Kafka {
+    /// Starts the broker; returns once it serves.
+    pub fn start() -> Result<Self, RealError> {
+        let dir = temp_dir("streamscan-kafka-")?;
+        let port = free_ports(2)?;
+        let bootstrap = script(
+            "kafka.sh",
+            &["start", &dir.path().display().to_string(), &port.to_string()],
+        )?;
+        Ok(Kafka { dir, bootstrap, port })
+    }
+
+    /// Creates `topic` with `partitions` partitions (replication factor 1) and waits for it.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), RealError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .map_err(|e| RealError::Kafka(e.to_string()))?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &opts)
+            .await
+            .map_err(|e| RealError::Kafka(e.to_string()))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(RealError::Kafka(format!("creating {name}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> Result<i32, RealError> {
+        let path = self.dir.path().join("pid");
+        let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        text.trim()
+            .parse()
+            .map_err(|e| RealError::Kafka(format!("{}: {e}", path.display())))
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would, and waits until it is gone.
+    pub fn kill9(&self) -> Result<(), RealError> {
+        let pid = nix::unistd::Pid::from_raw(self.pid()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        for _ in 0..200 {
+            if nix::sys::signal::kill(pid, None).is_err() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(RealError::Kafka(format!("broker pid {pid} did not exit after SIGKILL")))
+    }
+
+    /// Starts the broker again on the same port and log directory.
+    pub fn restart(&self) -> Result<(), RealError> {
+        script(
+            "kafka.sh",
+            &["start", &self.dir.path().display().to_string(), &self.port.to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = script("kafka.sh", &["stop", &self.dir.path().display().to_string()]);
+    }
+}
