@@ -134,9 +134,21 @@ impl Files {
     }
 }
 
+/// Which Kafka a harness runs against.
+#[derive(Clone, Copy, PartialEq)]
+enum Broker {
+    Mock,
+    /// The mock behind Kafka's producer fencing (`streamscan_e2e::fence`).
+    MockFencing,
+    /// A real Apache Kafka broker (`streamscan_e2e::real::Kafka`).
+    Real,
+}
+
 struct Harness {
     _sim: Simulator,
     kafka: MockCluster<'static, DefaultProducerContext>,
+    /// The real broker, when the test runs against one (then `kafka` is unused).
+    real: Option<streamscan_e2e::real::Kafka>,
     /// Kafka's producer fencing in front of the mock cluster, when the test needs it.
     fence: Option<FencingProxy>,
     /// Where clients connect: the mock cluster, or the fencing proxy.
@@ -151,15 +163,20 @@ struct Harness {
 impl Harness {
     /// With librdkafka's mock cluster.
     async fn start() -> Res<Self> {
-        Self::start_with(false).await
+        Self::start_with(Broker::Mock).await
     }
 
     /// With Kafka's producer fencing in front of the mock cluster (see `streamscan_e2e::fence`).
     async fn start_fencing() -> Res<Self> {
-        Self::start_with(true).await
+        Self::start_with(Broker::MockFencing).await
     }
 
-    async fn start_with(fencing: bool) -> Res<Self> {
+    /// Against a real Apache Kafka broker.
+    async fn start_real_kafka() -> Res<Self> {
+        Self::start_with(Broker::Real).await
+    }
+
+    async fn start_with(broker: Broker) -> Res<Self> {
         let sim = Simulator::start().await?;
         let client: Client = sim.client()?;
         let dir = tempfile::tempdir()?;
@@ -167,13 +184,23 @@ impl Harness {
         sim.install_analysisjob_crd().await?;
         let kafka = MockCluster::new(1)?;
         kafka.create_topic(TOPIC, 1, 1)?;
-        let fence = match fencing {
-            true => Some(FencingProxy::start(&kafka.bootstrap_servers()).await?),
-            false => None,
+        let fence = match broker {
+            Broker::MockFencing => Some(FencingProxy::start(&kafka.bootstrap_servers()).await?),
+            Broker::Mock | Broker::Real => None,
         };
-        let bootstrap = fence
-            .as_ref()
-            .map_or_else(|| kafka.bootstrap_servers(), FencingProxy::bootstrap_servers);
+        let real = match broker {
+            Broker::Real => {
+                let real = tokio::task::spawn_blocking(streamscan_e2e::real::Kafka::start).await??;
+                real.create_topic(TOPIC, 1).await?;
+                Some(real)
+            }
+            Broker::Mock | Broker::MockFencing => None,
+        };
+        let bootstrap = match (&real, &fence) {
+            (Some(real), _) => real.bootstrap.clone(),
+            (None, Some(fence)) => fence.bootstrap_servers(),
+            (None, None) => kafka.bootstrap_servers(),
+        };
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n"))?;
         std::fs::create_dir_all(dir.path().join("sources"))?;
         let files = Files::default();
@@ -181,6 +208,7 @@ impl Harness {
         Ok(Harness {
             _sim: sim,
             kafka,
+            real,
             fence,
             bootstrap,
             jobs: Api::namespaced(client, "default"),
@@ -680,6 +708,26 @@ async fn broker_errors_and_an_outage_lose_and_duplicate_nothing() -> Res<()> {
     Ok(())
 }
 
+/// A real broker killed with SIGKILL mid-job and started again on the same log: the analysis goes
+/// on meanwhile, and the job's stream ends complete, with nothing lost and nothing duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_broker_killed_and_restarted_mid_job_loses_and_duplicates_nothing() -> Res<()> {
+    let h = Harness::start_real_kafka().await?;
+    let real = h.real.as_ref().ok_or("real broker")?;
+    std::fs::write(h.dir.path().join("sources/k.bin"), test_file(6))?;
+    let (_worker, _) = h.worker("s1", "s1", &["--throttle-bytes-per-sec", "1048576"]).await?;
+    h.job("k", "s1", json!({"volume": {"path": "k.bin"}}), &["digest"])
+        .await?;
+    h.wait("k", "started", processed_at_least(256 << 10)).await?;
+    real.kill9()?;
+    h.wait("k", "progressing while Kafka is down", processed_at_least(2 << 20))
+        .await?;
+    real.restart()?;
+    h.wait_state("k", ExecutionState::Succeeded).await?;
+    check_stream(&h.events("k-e1").await?, EventStatus::Completed);
+    Ok(())
+}
+
 /// An event of attempt `event_id` of job `analyze_id`, as a worker would send it.
 fn attempt_event(analyze_id: &str, event_id: &str, seq: u64) -> ProgressEvent {
     ProgressEvent {
@@ -796,6 +844,17 @@ async fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
     Ok(())
 }
 
+/// The same on a real Apache Kafka broker, started by the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_producer_of_an_old_attempt_is_fenced_by_a_real_kafka_broker() -> Res<()> {
+    let kafka = tokio::task::spawn_blocking(streamscan_e2e::real::Kafka::start).await??;
+    kafka.create_topic(TOPIC, 1).await?;
+    let bootstrap = kafka.bootstrap.clone();
+    let analyze_id = format!("uid-z-{}", uuid::Uuid::new_v4());
+    tokio::task::spawn_blocking(move || zombie_is_fenced(&bootstrap, &analyze_id)).await??;
+    Ok(())
+}
+
 fn zombie_is_fenced(bootstrap: &str, analyze_id: &str) -> Res<()> {
     use streamscan_worker::runtime::events::EventsError;
     let (old, old_rx) = attempt_producer(bootstrap, analyze_id, "old")?;
@@ -822,7 +881,16 @@ fn zombie_is_fenced(bootstrap: &str, analyze_id: &str) -> Res<()> {
 /// and reports nothing more: no event after the takeover, no result, no status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_fenced_by_a_newer_attempt_stops_and_reports_nothing() -> Res<()> {
-    let h = Harness::start_fencing().await?;
+    worker_fenced_by_a_newer_attempt(Harness::start_fencing().await?).await
+}
+
+/// The same, fenced by a real Apache Kafka broker instead of the fencing proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_fenced_by_a_real_kafka_broker_stops_and_reports_nothing() -> Res<()> {
+    worker_fenced_by_a_newer_attempt(Harness::start_real_kafka().await?).await
+}
+
+async fn worker_fenced_by_a_newer_attempt(h: Harness) -> Res<()> {
     std::fs::write(h.dir.path().join("sources/z.bin"), test_file(12))?;
     let (_worker, base) = h.worker("s1", "s1", &["--throttle-bytes-per-sec", "524288"]).await?;
     let job = h
@@ -851,13 +919,14 @@ async fn a_worker_fenced_by_a_newer_attempt_stops_and_reports_nothing() -> Res<(
     .map_err(|_| format!("the worker never stopped the fenced attempt; log:\n{}", h.log("s1")))??;
     assert!(stale.contains("streamscan_worker_jobs_running 0"), "{stale}");
     assert!(h.log("s1").contains("fenced"), "the worker says why it stopped");
-    let txn = format!("streamscan-{uid}");
-    let fence = h.fence.as_ref().ok_or("fencing proxy")?;
-    assert!(
-        fence.refused().iter().any(|(t, _)| *t == txn),
-        "the broker refused the zombie: {:?}",
-        fence.refused()
-    );
+    if let Some(fence) = h.fence.as_ref() {
+        let txn = format!("streamscan-{uid}");
+        assert!(
+            fence.refused().iter().any(|(t, _)| *t == txn),
+            "the broker refused the zombie: {:?}",
+            fence.refused()
+        );
+    }
     // Nothing more from the zombie: its events are a gapless prefix, all before the takeover.
     let bootstrap = h.bootstrap.clone();
     let seen = tokio::task::spawn_blocking(move || topic_messages(&bootstrap, &uid, usize::MAX)).await??;
