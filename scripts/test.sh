@@ -14,6 +14,9 @@ declare -A packages=(
 packages[pkg-config]=pkg-config
 # The gateway's tests start a real Redis server.
 packages[redis-server]=redis-server
+# scripts/real/: the real kube-apiserver's readiness probe and service-account key.
+packages[curl]=curl
+packages[openssl]=openssl
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
 for cmd in "${!packages[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("${packages[$cmd]}")
@@ -37,6 +40,20 @@ if ! command -v kubectl >/dev/null 2>&1; then
   echo "install it from https://kubernetes.io/docs/tasks/tools/ (it is not a Debian package) and run again" >&2
   exit 2
 fi
+
+# The real servers (scripts/real/): kube-apiserver, kube-controller-manager and etcd built from Go
+# modules, helm, and Apache Kafka from Maven Central; pinned and cached in ~/.cache/streamscan/real
+# by version, so only a new machine builds them (about 6 minutes on 2 cores).
+for tool in go java mvn; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "error: the tests need $tool (Go 1.24+, Java 17+ with Maven) to build and run the real" >&2
+    echo "kube-apiserver, etcd and Apache Kafka they test against (scripts/real/)" >&2
+    exit 2
+  fi
+done
+STREAMSCAN_REAL_BIN="$(scripts/real/build-k8s.sh all)"
+STREAMSCAN_KAFKA_LIBS="$(scripts/real/fetch-kafka.sh)"
+export STREAMSCAN_REAL_BIN STREAMSCAN_KAFKA_LIBS
 
 # The scenario suite writes its closing table here; print it after the run (cargo captures the
 # output of passing tests).

@@ -17,15 +17,21 @@ What is proven here and how:
 - manifests/install.yaml equals the chart rendered with manifests/values.yaml, `kubectl apply -f`
   of it into a fresh simulator creates every object, and the samples are then accepted;
   `kubectl kustomize manifests/` yields the same objects;
-- e2e/kind/*.sh and manifests/generate.sh pass `bash -n` and shellcheck; the Dockerfile passes hadolint.
+- the real helm binary lints, templates and installs the chart into a real kube-apiserver (RBAC on,
+  scripts/real/); each component's ServiceAccount token may make exactly its CALLS and no other verb
+  on those resources;
+- e2e/kind/*.sh, scripts/real/*.sh and manifests/generate.sh pass `bash -n` and shellcheck; the Dockerfile passes hadolint.
 """
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
+import tempfile
 import traceback
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -307,6 +313,117 @@ def check_rendered(objs: list[dict], values: dict, release_ns: str, fullname: st
             assert o["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
 
 
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+# Rules limited by resourceNames: (component, resource) -> (a name allowed, a name refused).
+NAMED = {("worker", "pods"): ("streamscan-worker-0", "impostor-0")}
+
+
+def real_bin() -> pathlib.Path:
+    """The real kube-apiserver, etcd and helm (scripts/real/build-k8s.sh builds and caches them)."""
+    if os.environ.get("STREAMSCAN_REAL_BIN"):
+        return pathlib.Path(os.environ["STREAMSCAN_REAL_BIN"])
+    out = subprocess.run([str(ROOT / "scripts" / "real" / "build-k8s.sh"), "all"], check=True,
+                         capture_output=True, text=True).stdout
+    return pathlib.Path(out.strip().splitlines()[-1])
+
+
+def free_ports(n: int) -> int:
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            held = []
+            try:
+                for i in range(1, n):
+                    s = socket.socket()
+                    held.append(s)
+                    s.bind(("127.0.0.1", port + i))
+                return port
+            except OSError:
+                continue
+            finally:
+                for s in held:
+                    s.close()
+    raise RuntimeError(f"no block of {n} free loopback ports")
+
+
+def check_real_install() -> None:
+    """The real helm binary against a real API server: lint, template, install; then every
+    component's ServiceAccount token is asked, through the API server's own authorizer
+    (SelfSubjectAccessReview via `kubectl auth can-i`), for each verb on each resource it uses."""
+    binary = real_bin()
+    helm = str(binary / "helm")
+    # run.sh sets HELM_DRIVER=memory for helm-sdkpy; the real binary stores releases as Secrets.
+    helm_env = {k: v for k, v in os.environ.items() if k != "HELM_DRIVER"}
+    sets = ["--set", f"kafka.bootstrap={REQUIRED['kafka']['bootstrap']}", "--set", f"redis.url={REQUIRED['redis']['url']}"]
+
+    @check("real helm: lint (defaults refused for the required values; with them: clean) and template")
+    def _():
+        bare = subprocess.run([helm, "lint", str(CHART)], capture_output=True, text=True, env=helm_env)
+        assert bare.returncode != 0 and "kafka" in (bare.stdout + bare.stderr), bare.stdout + bare.stderr
+        r = subprocess.run([helm, "lint", "--strict", str(CHART), *sets], capture_output=True, text=True, env=helm_env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        t = subprocess.run([helm, "template", "streamscan", str(CHART), "-n", "streamscan",
+                            "--kube-version", K8S_VERSION, *sets],
+                           capture_output=True, text=True, check=True, env=helm_env).stdout
+        kinds = {d["kind"] for d in yaml.safe_load_all(t) if d}
+        assert {"Deployment", "StatefulSet", "ServiceAccount", "Role", "RoleBinding"} <= kinds, kinds
+
+    with tempfile.TemporaryDirectory(prefix="streamscan-helm-") as tmp:
+        kube = str(ROOT / "scripts" / "real" / "kube.sh")
+        env = dict(helm_env, STREAMSCAN_REAL_BIN=str(binary), HOME=tmp, KUBECACHEDIR=f"{tmp}/cache")
+        try:
+            kubeconfig = subprocess.run([kube, "start", f"{tmp}/kube", str(free_ports(4))], check=True,
+                                        capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
+            env["KUBECONFIG"] = kubeconfig
+
+            def kubectl(*args, token=None, ok=True):
+                cmd = ["kubectl", *( ["--token", token] if token else []), *args]
+                r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+                assert not ok or r.returncode == 0, f"{cmd}: {r.stdout}{r.stderr}"
+                return r
+
+            @check("real helm: install into a real kube-apiserver (RBAC on); every object is created")
+            def _():
+                r = subprocess.run([helm, "install", "streamscan", str(CHART), "-n", "streamscan", "--create-namespace",
+                                    *sets], capture_output=True, text=True, env=env, timeout=180)
+                assert r.returncode == 0, r.stdout + r.stderr
+                got = kubectl("get", "deploy,sts,sa,role,rolebinding,svc", "-n", "streamscan", "-o", "name").stdout
+                for name in ("serviceaccount/streamscan-controller", "serviceaccount/streamscan-worker",
+                             "serviceaccount/streamscan-gateway", "statefulset.apps/streamscan-worker"):
+                    assert name in got, got
+                kubectl("get", "crd", "analysisjobs.streamscan.io")
+
+            @check("real RBAC: each ServiceAccount's token may make exactly its calls (kubectl auth can-i)")
+            def _():
+                wrong = []
+                for component, scopes in CALLS.items():
+                    token = kubectl("create", "token", f"streamscan-{component}", "-n", "streamscan").stdout.strip()
+                    for _scope, rules in scopes.items():
+                        for (group, resource), verbs in rules.items():
+                            name, _, sub = resource.partition("/")
+                            target = f"{name}.{group}" if group else name
+                            for verb in sorted(VERBS | set(verbs)):
+                                if (component, resource) in NAMED:
+                                    allowed_name, refused_name = NAMED[(component, resource)]
+                                    cases = [(f"{target}/{allowed_name}", verb in verbs), (f"{target}/{refused_name}", False)]
+                                else:
+                                    cases = [(target, verb in verbs)]
+                                for obj, want in cases:
+                                    args = ["auth", "can-i", verb, obj, "-n", "streamscan"]
+                                    if sub:
+                                        args.append(f"--subresource={sub}")
+                                    allowed = kubectl(*args, token=token, ok=False).stdout.strip() == "yes"
+                                    if allowed != want:
+                                        wrong.append(f"{component} {verb} {obj}: {'allowed' if allowed else 'refused'}")
+                    # Nothing cluster-wide, and no Secrets but the worker's get.
+                    if kubectl("auth", "can-i", "list", "secrets", "-n", "default", token=token, ok=False).stdout.strip() == "yes":
+                        wrong.append(f"{component} may list Secrets in another namespace")
+                assert not wrong, wrong
+        finally:
+            subprocess.run([kube, "stop", f"{tmp}/kube"], env=env, capture_output=True)
+
+
 def main() -> int:
     @check("chart CRD equals crds/analysisjob.yaml")
     def _():
@@ -497,7 +614,10 @@ def main() -> int:
         b = sorted(map(key, docs((helmlib.MANIFESTS / "install.yaml").read_text())))
         assert a == b
 
-    scripts = sorted((ROOT / "e2e" / "kind").glob("*.sh")) + [ROOT / "manifests" / "generate.sh"]
+    check_real_install()
+
+    scripts = (sorted((ROOT / "e2e" / "kind").glob("*.sh")) + sorted((ROOT / "scripts" / "real").glob("*.sh"))
+               + [ROOT / "manifests" / "generate.sh"])
 
     @check("bash -n and shellcheck: " + " ".join(str(p.relative_to(ROOT)) for p in scripts))
     def _():
