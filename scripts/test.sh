@@ -55,15 +55,25 @@ STREAMSCAN_REAL_BIN="$(scripts/real/build-k8s.sh all)"
 STREAMSCAN_KAFKA_LIBS="$(scripts/real/fetch-kafka.sh)"
 export STREAMSCAN_REAL_BIN STREAMSCAN_KAFKA_LIBS
 
-# The scenario suite writes its closing table here; print it after the run (cargo captures the
-# output of passing tests).
+# The scenario suite writes its closing table here; print it after each run (cargo captures the
+# output of passing tests). The workspace run takes the suite on the real servers; with no
+# arguments it then runs again on the simulator and the mock cluster, so both devstack backends
+# stay proven.
 table="${CARGO_TARGET_DIR:-target}/tmp/scenarios-table.txt"
+print_table() {
+  if [ -f "$table" ]; then
+    echo
+    echo "scenario suite (e2e/tests/scenarios.rs), closing table:"
+    cat "$table"
+    rm -f "$table"
+  fi
+}
 rm -f "$table"
-cargo test --workspace --locked "$@"
-if [ -f "$table" ]; then
-  echo
-  echo "scenario suite (e2e/tests/scenarios.rs), closing table:"
-  cat "$table"
+STREAMSCAN_E2E_BACKEND=real cargo test --workspace --locked "$@"
+print_table
+if [ $# -eq 0 ]; then
+  STREAMSCAN_E2E_BACKEND=sim cargo test -p streamscan-e2e --test scenarios --locked
+  print_table
 fi
 
 # The Helm chart, manifests/, the Dockerfile and e2e/kind/ (installs its Python packages itself).

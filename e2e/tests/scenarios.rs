@@ -67,11 +67,11 @@ where
     F: AsyncFnOnce(&mut Env, &mut Tally) -> Res,
 {
     let _serial = SERIAL.lock().await;
-    if needs_devstack && !matches!(backend()?, Backend::Devstack) {
+    if needs_devstack && !matches!(backend()?, Backend::Devstack(_)) {
         eprintln!("scenario {name}: skipped on a cluster (it needs the devstack's process control)");
         return Ok(());
     }
-    if matches!(backend()?, Backend::Devstack) {
+    if matches!(backend()?, Backend::Devstack(_)) {
         // Built once per process, before the clock starts.
         tokio::task::spawn_blocking(ensure_binaries).await??;
     }

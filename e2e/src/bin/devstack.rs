@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use streamscan_e2e::devstack::{Devstack, Options, build_binaries, default_bin_dir};
+use streamscan_e2e::devstack::{Backend, Devstack, Options, build_binaries, default_bin_dir};
 
 #[derive(Parser)]
 #[command(
     name = "devstack",
-    about = "Run Streamscan on one machine: API simulator, Kafka, Redis, controllers, gateway, workers"
+    about = "Run Streamscan on one machine: Kubernetes API server, Kafka, Redis, controllers, gateway, workers"
 )]
 struct Args {
     /// Worker processes (serverIds 0..N-1).
@@ -22,6 +22,10 @@ struct Args {
     /// Jobs per worker.
     #[arg(long, default_value_t = 4)]
     capacity: u16,
+    /// The Kubernetes API server and Kafka broker: real ones (`scripts/real/` builds and caches
+    /// them) or the simulator and librdkafka's mock cluster.
+    #[arg(long, value_enum, default_value_t = Backend::Real)]
+    backend: Backend,
     /// Do not build the operator and worker binaries first.
     #[arg(long)]
     no_build: bool,
@@ -37,6 +41,7 @@ async fn main() -> Result<()> {
     }
     let dir = std::path::absolute(&args.dir).with_context(|| format!("resolving {}", args.dir.display()))?;
     let mut opts = Options::new(dir.clone(), bin_dir);
+    opts.backend = args.backend;
     opts.workers = usize::from(args.workers);
     opts.capacity = args.capacity;
     eprintln!("devstack: starting in {} (process logs go there) ...", dir.display());

@@ -1,7 +1,7 @@
-//! A Kafka broker on real TCP ports: librdkafka's mock cluster, hosted on a thread of its own
-//! (its handle cannot move between threads), controlled through a channel, with Kafka's producer
-//! fencing added in front of it (`crate::fence`), so that a zombie worker is fenced here as on a
-//! real broker.
+//! The devstack's Kafka broker: a real Apache Kafka broker (`crate::real::Kafka`, the `real`
+//! backend), or librdkafka's mock cluster (the `sim` backend), hosted on a thread of its own (its
+//! handle cannot move between threads), controlled through a channel, with Kafka's producer
+//! fencing added in front of it (`crate::fence`), so that a zombie worker is fenced there too.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -21,12 +21,19 @@ enum Command {
 pub struct KafkaHost {
     /// Where clients connect (the fencing proxy once [`KafkaHost::with_fencing`] ran).
     pub bootstrap: String,
-    /// The mock cluster's own address.
+    /// The broker's own address.
     pub broker: String,
     pub brokers: i32,
     fence: Option<FencingProxy>,
-    commands: mpsc::Sender<Command>,
-    thread: Option<JoinHandle<()>>,
+    broker_kind: Broker,
+}
+
+enum Broker {
+    Mock {
+        commands: mpsc::Sender<Command>,
+        thread: Option<JoinHandle<()>>,
+    },
+    Real(crate::real::Kafka),
 }
 
 impl KafkaHost {
@@ -86,9 +93,35 @@ impl KafkaHost {
             bootstrap,
             brokers,
             fence: None,
-            commands,
-            thread: Some(thread),
+            broker_kind: Broker::Mock {
+                commands,
+                thread: Some(thread),
+            },
         })
+    }
+
+    /// Starts a real Apache Kafka broker (one KRaft node) with `topic` created.
+    pub async fn start_real(topic: &str, partitions: i32) -> Result<Self, DevstackError> {
+        let kafka = tokio::task::spawn_blocking(crate::real::Kafka::start)
+            .await
+            .map_err(|e| DevstackError::Kafka(e.to_string()))?
+            .map_err(|e| DevstackError::Kafka(e.to_string()))?;
+        kafka
+            .create_topic(topic, partitions)
+            .await
+            .map_err(|e| DevstackError::Kafka(e.to_string()))?;
+        Ok(KafkaHost {
+            bootstrap: kafka.bootstrap.clone(),
+            broker: kafka.bootstrap.clone(),
+            brokers: 1,
+            fence: None,
+            broker_kind: Broker::Real(kafka),
+        })
+    }
+
+    /// Whether this is a real broker.
+    pub fn is_real(&self) -> bool {
+        matches!(self.broker_kind, Broker::Real(_))
     }
 
     /// Puts the fencing proxy in front of the (single) broker; clients connect to it from now on.
@@ -110,8 +143,11 @@ impl KafkaHost {
     }
 
     fn call(&self, make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command) -> Result<(), DevstackError> {
+        let Broker::Mock { commands, .. } = &self.broker_kind else {
+            return Err(DevstackError::Kafka("not the mock cluster".into()));
+        };
         let (tx, rx) = mpsc::channel();
-        self.commands
+        commands
             .send(make(tx))
             .map_err(|_| DevstackError::Kafka("the Kafka thread is gone".into()))?;
         rx.recv()
@@ -119,22 +155,31 @@ impl KafkaHost {
             .map_err(DevstackError::Kafka)
     }
 
-    /// Takes every broker down (clients see connection failures) ...
+    /// Takes every broker down (clients see connection failures; a real broker is killed with
+    /// SIGKILL) ...
     pub fn down(&self) -> Result<(), DevstackError> {
-        self.call(Command::BrokersDown)
+        match &self.broker_kind {
+            Broker::Real(kafka) => kafka.kill9().map_err(|e| DevstackError::Kafka(e.to_string())),
+            Broker::Mock { .. } => self.call(Command::BrokersDown),
+        }
     }
 
-    /// ... and brings them back.
+    /// ... and brings them back (a real broker restarts on its log).
     pub fn up(&self) -> Result<(), DevstackError> {
-        self.call(Command::BrokersUp)
+        match &self.broker_kind {
+            Broker::Real(kafka) => kafka.restart().map_err(|e| DevstackError::Kafka(e.to_string())),
+            Broker::Mock { .. } => self.call(Command::BrokersUp),
+        }
     }
 }
 
 impl Drop for KafkaHost {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Broker::Mock { commands, thread } = &mut self.broker_kind {
+            let _ = commands.send(Command::Stop);
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The whole system on one machine: the API simulator (with the CRD), a Kafka broker (librdkafka's
-//! mock cluster, hosted in this process, behind Kafka's producer fencing: `crate::fence`), a real
-//! `redis-server`, two controller replicas with leader election, one gateway and N workers
+//! The whole system on one machine. Backend `real`: a real kube-apiserver + etcd +
+//! kube-controller-manager and a real Apache Kafka broker (`crate::real`). Backend `sim`: the API
+//! simulator and librdkafka's mock cluster, hosted in this process, behind Kafka's producer
+//! fencing (`crate::fence`). Either way: the CRD, a real `redis-server`, two controller replicas with leader election, one gateway and N workers
 //! registered as Ready pods with serverIds 0..N-1.
 //! Used by the `devstack` binary and by the scenario suite.
 
@@ -40,9 +41,45 @@ pub enum DevstackError {
     Other(String),
 }
 
+/// Which Kubernetes API server and Kafka broker the devstack runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// A real kube-apiserver, etcd, kube-controller-manager and Apache Kafka (`scripts/real/`).
+    Real,
+    /// The API simulator and librdkafka's mock cluster behind the fencing proxy.
+    Sim,
+}
+
+impl Backend {
+    /// `STREAMSCAN_DEVSTACK_BACKEND` (`real` or `sim`), else `real`.
+    pub fn from_env() -> Result<Backend, DevstackError> {
+        match std::env::var("STREAMSCAN_DEVSTACK_BACKEND").ok().as_deref() {
+            None | Some("" | "real") => Ok(Backend::Real),
+            Some("sim") => Ok(Backend::Sim),
+            Some(other) => Err(DevstackError::Other(format!(
+                "STREAMSCAN_DEVSTACK_BACKEND={other}: expected real or sim"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Real => "real",
+            Backend::Sim => "sim",
+        }
+    }
+}
+
+/// The API server the devstack runs against.
+pub enum ApiServer {
+    Sim(Simulator),
+    Real(crate::real::ControlPlane),
+}
+
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct Options {
+    pub backend: Backend,
     pub workers: usize,
     /// Logs, kubeconfig, tokens, worker data and the volume-source root live here.
     pub dir: PathBuf,
@@ -63,6 +100,7 @@ pub struct Options {
 impl Options {
     pub fn new(dir: PathBuf, bin_dir: PathBuf) -> Self {
         Options {
+            backend: Backend::Real,
             workers: 3,
             dir,
             bin_dir,
@@ -88,7 +126,7 @@ pub struct Worker {
 /// A running devstack. Dropping it kills every process it started.
 pub struct Devstack {
     pub opts: Options,
-    pub sim: Simulator,
+    pub api: ApiServer,
     pub client: kube::Client,
     pub kubeconfig: PathBuf,
     pub kafka: KafkaHost,
@@ -128,13 +166,28 @@ impl Devstack {
         let source_root = opts.dir.join("sources");
         std::fs::create_dir_all(&source_root).map_err(io("creating the source volume"))?;
 
-        let sim = Simulator::start().await?;
         let kubeconfig = opts.dir.join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig)?;
-        let client = sim.client()?;
-        sim.install_analysisjob_crd().await?;
-
-        let kafka = KafkaHost::start(1, &opts.topic, 3)?.with_fencing().await?;
+        let (api, client, kafka) = match opts.backend {
+            Backend::Sim => {
+                let sim = Simulator::start().await?;
+                sim.write_kubeconfig(&kubeconfig)?;
+                let client = sim.client()?;
+                let kafka = KafkaHost::start(1, &opts.topic, 3)?.with_fencing().await?;
+                (ApiServer::Sim(sim), client, kafka)
+            }
+            Backend::Real => {
+                let real = |e: crate::real::RealError| DevstackError::Other(e.to_string());
+                let plane = tokio::task::spawn_blocking(crate::real::ControlPlane::start)
+                    .await
+                    .map_err(|e| DevstackError::Other(e.to_string()))?
+                    .map_err(real)?;
+                std::fs::copy(&plane.kubeconfig, &kubeconfig).map_err(io("copying the kubeconfig"))?;
+                let client = plane.client().await.map_err(real)?;
+                let kafka = KafkaHost::start_real(&opts.topic, 3).await?;
+                (ApiServer::Real(plane), client, kafka)
+            }
+        };
+        crate::sim::install_analysisjob_crd(client.clone()).await?;
         let redis = RedisServer::start(&opts.dir).await?;
 
         let internal_token_file = opts.dir.join("internal-token");
@@ -148,7 +201,7 @@ impl Devstack {
         let mut stack = Devstack {
             kubelet: Kubelet::new(client.clone(), NAMESPACE),
             opts,
-            sim,
+            api,
             client,
             kubeconfig,
             kafka,
@@ -186,6 +239,7 @@ impl Devstack {
     /// The lines a person (or script) needs to use the stack.
     pub fn env_lines(&self) -> Vec<String> {
         vec![
+            format!("BACKEND={}", self.opts.backend.name()),
             format!("KUBECONFIG={}", self.kubeconfig.display()),
             format!("KAFKA_BOOTSTRAP={}", self.kafka.bootstrap),
             format!("KAFKA_TOPIC={}", self.opts.topic),

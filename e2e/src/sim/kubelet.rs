@@ -158,7 +158,11 @@ impl PodHandle {
     }
 
     pub async fn delete(&self) -> Result<(), KubeletError> {
-        self.pods.delete(&self.name, &DeleteParams::default()).await?;
+        // As a kubelet confirms a deletion: at once (a real API server otherwise keeps a Pod bound
+        // to a node for its grace period, waiting for that node's kubelet).
+        self.pods
+            .delete(&self.name, &DeleteParams::default().grace_period(0))
+            .await?;
         Ok(())
     }
 }

@@ -167,20 +167,7 @@ impl Simulator {
     /// Creates the AnalysisJob CRD (as generated from `crds/`, which a test keeps equal to
     /// `crds/analysisjob.yaml`) and waits until it is Established.
     pub async fn install_analysisjob_crd(&self) -> Result<(), SimError> {
-        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-        use kube::runtime::wait::{await_condition, conditions};
-        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client()?);
-        api.create(&Default::default(), &streamscan_api::generate::crd())
-            .await?;
-        let wait = Duration::from_secs(20);
-        tokio::time::timeout(
-            wait,
-            await_condition(api, "analysisjobs.streamscan.io", conditions::is_crd_established()),
-        )
-        .await
-        .map_err(|_| SimError::CrdNotEstablished(wait))?
-        .map_err(|e| SimError::CrdWait(e.to_string()))?;
-        Ok(())
+        install_analysisjob_crd(self.client()?).await
     }
 
     /// Ends every open watch; clients resume from their last resourceVersion.
@@ -233,4 +220,23 @@ fn seed_namespace(store: &Store, name: &str) {
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
     }));
+}
+
+/// Creates the AnalysisJob CRD (as generated from `crds/`) through `client`, on the simulator or a
+/// real API server, and waits until it is Established.
+pub async fn install_analysisjob_crd(client: kube::Client) -> Result<(), SimError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::runtime::wait::{await_condition, conditions};
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
+    api.create(&Default::default(), &streamscan_api::generate::crd())
+        .await?;
+    let wait = Duration::from_secs(20);
+    tokio::time::timeout(
+        wait,
+        await_condition(api, "analysisjobs.streamscan.io", conditions::is_crd_established()),
+    )
+    .await
+    .map_err(|_| SimError::CrdNotEstablished(wait))?
+    .map_err(|e| SimError::CrdWait(e.to_string()))?;
+    Ok(())
 }

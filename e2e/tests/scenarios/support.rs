@@ -55,7 +55,8 @@ pub use streamscan_e2e::testdata::test_file;
 /// Which backend the suite runs against.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    Devstack,
+    /// The devstack, on real servers or on the simulator and the mock cluster.
+    Devstack(streamscan_e2e::devstack::Backend),
     Cluster(ClusterVars),
 }
 
@@ -73,7 +74,9 @@ pub struct ClusterVars {
 
 pub fn backend() -> Res<Backend> {
     match std::env::var("STREAMSCAN_E2E_BACKEND").ok().as_deref() {
-        None | Some("" | "devstack" | "sim") => Ok(Backend::Devstack),
+        None | Some("" | "devstack") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::from_env()?)),
+        Some("real") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Real)),
+        Some("sim") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Sim)),
         Some(_) => {
             let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
             let key = var("STREAMSCAN_E2E_JWT_KEY")?;
@@ -157,9 +160,10 @@ impl Env {
         let files = Files::default();
         let files_addr = files.start().await?;
         match backend()? {
-            Backend::Devstack => {
+            Backend::Devstack(servers) => {
                 let bin_dir = tokio::task::spawn_blocking(ensure_binaries).await??;
                 let mut opts = Options::new(dir.path().join("stack"), bin_dir);
+                opts.backend = servers;
                 configure(&mut opts);
                 let stack = within(Duration::from_secs(120), "the devstack", Devstack::start(opts)).await??;
                 let client = stack.client.clone();
@@ -1048,8 +1052,24 @@ impl Tally {
     }
 }
 
+/// Which servers the suite ran against, for the closing table.
+fn backend_label() -> String {
+    match backend() {
+        Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Real)) => {
+            "backend: real (devstack on kube-apiserver + etcd + kube-controller-manager, Apache Kafka, Redis)".into()
+        }
+        Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Sim)) => {
+            "backend: sim (devstack on the API simulator, librdkafka's mock cluster behind the fencing proxy, Redis)"
+                .into()
+        }
+        Ok(Backend::Cluster(v)) => format!("backend: cluster ({})", v.kubeconfig.display()),
+        Err(e) => format!("backend: unknown ({e})"),
+    }
+}
+
 fn render(rows: &[Row]) -> String {
-    let mut s = String::from(
+    let mut s = format!("{}\n", backend_label());
+    s.push_str(
         "scenario                         | jobs ok/exp | lost | dup | ws events | wall     | outcome\n\
          ---------------------------------+-------------+------+-----+-----------+----------+--------\n",
     );
