@@ -74,6 +74,10 @@ print_table
 if [ $# -eq 0 ]; then
   STREAMSCAN_E2E_BACKEND=sim cargo test -p streamscan-e2e --test scenarios --locked
   print_table
+  # The controller's and the worker's integration tests run on the simulator in the workspace
+  # run (fast, fault injection); here once more on a real kube-apiserver each.
+  STREAMSCAN_TEST_KUBE=real cargo test --locked -p streamscan-operator --test controller
+  STREAMSCAN_TEST_KUBE=real cargo test --locked -p streamscan-worker --test runtime
 fi
 
 # The Helm chart, manifests/, the Dockerfile and e2e/kind/ (installs its Python packages itself).

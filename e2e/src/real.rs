@@ -84,6 +84,20 @@ pub fn free_ports(n: u16) -> Result<u16, RealError> {
     Err(RealError::NoPorts(n))
 }
 
+/// Runs `start` on a block of `n` free ports; when another process took one of them in the
+/// meantime (tests start servers in parallel), tries again on a new block, at most 5 times.
+fn on_free_ports<T>(n: u16, start: impl Fn(u16) -> Result<T, RealError>) -> Result<T, RealError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start(free_ports(n)?) {
+            Err(RealError::Script { stderr, .. })
+                if tries < 5 && stderr.to_lowercase().contains("address already in use") => {}
+            other => return other,
+        }
+    }
+}
+
 fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, RealError> {
     tempfile::Builder::new()
         .prefix(prefix)
@@ -101,11 +115,21 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager; returns once /readyz answers.
     pub fn start() -> Result<Self, RealError> {
-        let dir = temp_dir("streamscan-kube-")?;
-        let port = free_ports(4)?;
-        let d = dir.path().display().to_string();
-        let kubeconfig = PathBuf::from(script("kube.sh", &["start", &d, &port.to_string()])?);
-        Ok(ControlPlane { dir, kubeconfig, port })
+        on_free_ports(4, |port| {
+            let dir = temp_dir("streamscan-kube-")?;
+            let d = dir.path().display().to_string();
+            match script("kube.sh", &["start", &d, &port.to_string()]) {
+                Ok(kubeconfig) => Ok(ControlPlane {
+                    dir,
+                    kubeconfig: PathBuf::from(kubeconfig),
+                    port,
+                }),
+                Err(e) => {
+                    let _ = script("kube.sh", &["stop", &d]);
+                    Err(e)
+                }
+            }
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -157,13 +181,17 @@ pub struct Kafka {
 impl Kafka {
     /// Starts the broker; returns once it serves.
     pub fn start() -> Result<Self, RealError> {
-        let dir = temp_dir("streamscan-kafka-")?;
-        let port = free_ports(2)?;
-        let bootstrap = script(
-            "kafka.sh",
-            &["start", &dir.path().display().to_string(), &port.to_string()],
-        )?;
-        let kafka = Kafka { dir, bootstrap, port };
+        let kafka = on_free_ports(2, |port| {
+            let dir = temp_dir("streamscan-kafka-")?;
+            let d = dir.path().display().to_string();
+            match script("kafka.sh", &["start", &d, &port.to_string()]) {
+                Ok(bootstrap) => Ok(Kafka { dir, bootstrap, port }),
+                Err(e) => {
+                    let _ = script("kafka.sh", &["stop", &d]);
+                    Err(e)
+                }
+            }
+        })?;
         kafka.warm_up_transactions()?;
         Ok(kafka)
     }

@@ -1,5 +1,6 @@
-//! The real `streamscan-operator controller` binary against the Kubernetes API simulator, with
-//! worker pods registered by the simulator's kubelet helper and job status driven by the test
+//! The real `streamscan-operator controller` binary against the Kubernetes API simulator (or a
+//! real kube-apiserver with `STREAMSCAN_TEST_KUBE=real`), with worker pods registered by the
+//! kubelet helper and job status driven by the test
 //! as workers would write it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use streamscan_api::names::{ANNOTATION_CAPACITY, LABEL_COMPONENT, LABEL_SERVER_ID};
 use streamscan_api::{AnalysisJob, ExecutionState, Phase};
-use streamscan_e2e::Simulator;
+use streamscan_e2e::devstack::ApiServer;
 use streamscan_e2e::sim::kubelet::{Kubelet, PodHandle, PodTemplate};
 use tokio::process::{Child, Command};
 
@@ -32,7 +33,7 @@ type Seen = Arc<Mutex<HashMap<String, (Option<Phase>, Option<String>)>>>;
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Harness {
-    _sim: Simulator,
+    _api: ApiServer,
     client: Client,
     dir: tempfile::TempDir,
     kubelet: Kubelet,
@@ -41,15 +42,12 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Res<Self> {
-        let sim = Simulator::start().await?;
-        let client = sim.client()?;
         let dir = tempfile::tempdir()?;
-        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
-        sim.install_analysisjob_crd().await?;
+        let (api, client) = ApiServer::start(ApiServer::test_backend()?, &dir.path().join("kubeconfig")).await?;
         Ok(Harness {
             kubelet: Kubelet::new(client.clone(), "default"),
             jobs: Api::namespaced(client.clone(), "default"),
-            _sim: sim,
+            _api: api,
             client,
             dir,
         })

@@ -25,7 +25,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use streamscan_api::names::LABEL_SERVER_ID;
 use streamscan_api::{AnalysisJob, EventStatus, ExecutionState, ProgressEvent};
-use streamscan_e2e::Simulator;
+use streamscan_e2e::devstack::ApiServer;
 use streamscan_e2e::fence::FencingProxy;
 use streamscan_worker::engine::hex;
 use tokio::process::{Child, Command};
@@ -145,7 +145,7 @@ enum Broker {
 }
 
 struct Harness {
-    _sim: Simulator,
+    _api: ApiServer,
     kafka: MockCluster<'static, DefaultProducerContext>,
     /// The real broker, when the test runs against one (then `kafka` is unused).
     real: Option<streamscan_e2e::real::Kafka>,
@@ -177,11 +177,9 @@ impl Harness {
     }
 
     async fn start_with(broker: Broker) -> Res<Self> {
-        let sim = Simulator::start().await?;
-        let client: Client = sim.client()?;
         let dir = tempfile::tempdir()?;
-        sim.write_kubeconfig(&dir.path().join("kubeconfig"))?;
-        sim.install_analysisjob_crd().await?;
+        let (api, client): (ApiServer, Client) =
+            ApiServer::start(ApiServer::test_backend()?, &dir.path().join("kubeconfig")).await?;
         let kafka = MockCluster::new(1)?;
         kafka.create_topic(TOPIC, 1, 1)?;
         let fence = match broker {
@@ -206,7 +204,7 @@ impl Harness {
         let files = Files::default();
         let files_addr = files.start().await?;
         Ok(Harness {
-            _sim: sim,
+            _api: api,
             kafka,
             real,
             fence,

@@ -70,10 +70,52 @@ impl Backend {
     }
 }
 
-/// The API server the devstack runs against.
+/// The API server the devstack (or a test harness) runs against.
 pub enum ApiServer {
     Sim(Simulator),
     Real(crate::real::ControlPlane),
+}
+
+impl ApiServer {
+    /// Starts the API server of `backend`, writes a kubeconfig for it to `kubeconfig`, installs the
+    /// AnalysisJob CRD, and returns it with a client (namespace `default`).
+    pub async fn start(backend: Backend, kubeconfig: &Path) -> Result<(ApiServer, kube::Client), DevstackError> {
+        let (api, client) = match backend {
+            Backend::Sim => {
+                let sim = Simulator::start().await?;
+                sim.write_kubeconfig(kubeconfig)?;
+                let client = sim.client()?;
+                (ApiServer::Sim(sim), client)
+            }
+            Backend::Real => {
+                let real = |e: crate::real::RealError| DevstackError::Other(e.to_string());
+                let plane = tokio::task::spawn_blocking(crate::real::ControlPlane::start)
+                    .await
+                    .map_err(|e| DevstackError::Other(e.to_string()))?
+                    .map_err(real)?;
+                std::fs::copy(&plane.kubeconfig, kubeconfig).map_err(|source| DevstackError::Io {
+                    what: "copying the kubeconfig".into(),
+                    source,
+                })?;
+                let client = plane.client().await.map_err(real)?;
+                (ApiServer::Real(plane), client)
+            }
+        };
+        crate::sim::install_analysisjob_crd(client.clone()).await?;
+        Ok((api, client))
+    }
+
+    /// For the integration tests: `STREAMSCAN_TEST_KUBE` (`real` or `sim`), else `sim`, the
+    /// fast default; `scripts/test.sh` runs them once more with `real`.
+    pub fn test_backend() -> Result<Backend, DevstackError> {
+        match std::env::var("STREAMSCAN_TEST_KUBE").ok().as_deref() {
+            None | Some("" | "sim") => Ok(Backend::Sim),
+            Some("real") => Ok(Backend::Real),
+            Some(other) => Err(DevstackError::Other(format!(
+                "STREAMSCAN_TEST_KUBE={other}: expected real or sim"
+            ))),
+        }
+    }
 }
 
 /// What to start.
@@ -167,27 +209,11 @@ impl Devstack {
         std::fs::create_dir_all(&source_root).map_err(io("creating the source volume"))?;
 
         let kubeconfig = opts.dir.join("kubeconfig");
-        let (api, client, kafka) = match opts.backend {
-            Backend::Sim => {
-                let sim = Simulator::start().await?;
-                sim.write_kubeconfig(&kubeconfig)?;
-                let client = sim.client()?;
-                let kafka = KafkaHost::start(1, &opts.topic, 3)?.with_fencing().await?;
-                (ApiServer::Sim(sim), client, kafka)
-            }
-            Backend::Real => {
-                let real = |e: crate::real::RealError| DevstackError::Other(e.to_string());
-                let plane = tokio::task::spawn_blocking(crate::real::ControlPlane::start)
-                    .await
-                    .map_err(|e| DevstackError::Other(e.to_string()))?
-                    .map_err(real)?;
-                std::fs::copy(&plane.kubeconfig, &kubeconfig).map_err(io("copying the kubeconfig"))?;
-                let client = plane.client().await.map_err(real)?;
-                let kafka = KafkaHost::start_real(&opts.topic, 3).await?;
-                (ApiServer::Real(plane), client, kafka)
-            }
+        let (api, client) = ApiServer::start(opts.backend, &kubeconfig).await?;
+        let kafka = match opts.backend {
+            Backend::Sim => KafkaHost::start(1, &opts.topic, 3)?.with_fencing().await?,
+            Backend::Real => KafkaHost::start_real(&opts.topic, 3).await?,
         };
-        crate::sim::install_analysisjob_crd(client.clone()).await?;
         let redis = RedisServer::start(&opts.dir).await?;
 
         let internal_token_file = opts.dir.join("internal-token");
