@@ -98,6 +98,15 @@ fn on_free_ports<T>(n: u16, start: impl Fn(u16) -> Result<T, RealError>) -> Resu
     }
 }
 
+/// A pid file a script of `scripts/real/` wrote.
+fn read_pid(path: &Path) -> Result<i32, RealError> {
+    let text = std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
+    text.trim().parse().map_err(|e| RealError::Io {
+        what: format!("parsing {}", path.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
 fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, RealError> {
     tempfile::Builder::new()
         .prefix(prefix)
@@ -152,6 +161,11 @@ impl ControlPlane {
             .await
             .map_err(|e| bad(e.to_string()))?;
         kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+    }
+
+    /// The API server's process id.
+    pub fn apiserver_pid(&self) -> Result<i32, RealError> {
+        read_pid(&self.dir.path().join("apiserver.pid"))
     }
 
     /// Stops the API server and starts it again on the same port and etcd (clients see a
@@ -235,11 +249,7 @@ impl Kafka {
 
     /// The broker's process id.
     pub fn pid(&self) -> Result<i32, RealError> {
-        let path = self.dir.path().join("pid");
-        let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
-        text.trim()
-            .parse()
-            .map_err(|e| RealError::Kafka(format!("{}: {e}", path.display())))
+        read_pid(&self.dir.path().join("pid"))
     }
 
     /// Kills the broker with SIGKILL, as a crash would, and waits until it is gone.

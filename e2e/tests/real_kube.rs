@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Kubectl, TestResult, WAIT, crd_path, every_invalid_fixture_is_refused, path_str, workspace_root};
+use common::{Kubectl, TestResult, WAIT, every_invalid_fixture_is_refused, path_str, sample_job, workspace_root};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -26,19 +26,7 @@ async fn with_crd() -> Result<(ControlPlane, kube::Client, Kubectl), Box<dyn std
     let client = plane.client().await?;
     let kubectl = Kubectl::new()?;
     std::fs::copy(&plane.kubeconfig, kubectl.kubeconfig())?;
-    let out = kubectl.ok(&["apply", "-f", path_str(&crd_path())]).await?;
-    assert!(
-        out.contains("customresourcedefinition.apiextensions.k8s.io/analysisjobs.streamscan.io created"),
-        "{out}"
-    );
-    kubectl
-        .ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/analysisjobs.streamscan.io",
-            "--timeout=20s",
-        ])
-        .await?;
+    kubectl.install_crd().await?;
     Ok((plane, client, kubectl))
 }
 
@@ -102,8 +90,7 @@ async fn server_side_apply_conflicts_between_managers_and_force_takes_over() -> 
     let (_plane, client, _kubectl) = with_crd().await?;
     let jobs: Api<AnalysisJob> = Api::default_namespaced(client);
     let status = |phase: &str| json!({"apiVersion": "streamscan.io/v1alpha1", "kind": "AnalysisJob", "status": {"phase": phase}});
-    let mut job = common::documents(&workspace_root().join("manifests/samples/url-job.yaml"))?.remove(0);
-    job["metadata"]["name"] = json!("ssa");
+    let job = sample_job("ssa")?;
     jobs.patch("ssa", &PatchParams::apply("kubectl"), &Patch::Apply(&job))
         .await?;
     jobs.patch_status(
@@ -136,8 +123,7 @@ async fn server_side_apply_conflicts_between_managers_and_force_takes_over() -> 
 async fn a_finalizer_holds_a_deleted_job_and_the_garbage_collector_removes_what_it_owned() -> TestResult {
     let (_plane, client, _kubectl) = with_crd().await?;
     let jobs: Api<AnalysisJob> = Api::default_namespaced(client.clone());
-    let mut job = common::documents(&workspace_root().join("manifests/samples/url-job.yaml"))?.remove(0);
-    job["metadata"]["name"] = json!("held");
+    let mut job = sample_job("held")?;
     job["metadata"]["finalizers"] = json!([FINALIZER_RESULTS]);
     let job: AnalysisJob = serde_json::from_value(job)?;
     let created = jobs.create(&PostParams::default(), &job).await?;
@@ -185,9 +171,7 @@ async fn a_finalizer_holds_a_deleted_job_and_the_garbage_collector_removes_what_
 async fn a_watch_resumes_across_an_apiserver_restart_and_sees_every_change() -> TestResult {
     let (plane, client, _kubectl) = with_crd().await?;
     let jobs: Api<AnalysisJob> = Api::default_namespaced(client.clone());
-    let mut job = common::documents(&workspace_root().join("manifests/samples/url-job.yaml"))?.remove(0);
-    job["metadata"]["name"] = json!("before");
-    let before: AnalysisJob = serde_json::from_value(job.clone())?;
+    let before: AnalysisJob = serde_json::from_value(sample_job("before")?)?;
     jobs.create(&PostParams::default(), &before).await?;
 
     let mut names = watcher(jobs.clone(), watcher::Config::default())
@@ -198,9 +182,10 @@ async fn a_watch_resumes_across_an_apiserver_restart_and_sees_every_change() -> 
     let first = tokio::time::timeout(WAIT, names.next()).await?.ok_or("watch ended")??;
     assert_eq!(first, "before");
 
-    let _plane = tokio::task::spawn_blocking(move || plane.restart_apiserver().map(|()| plane)).await??;
-    job["metadata"]["name"] = json!("after");
-    let after: AnalysisJob = serde_json::from_value(job)?;
+    let pid_before = plane.apiserver_pid()?;
+    let plane = tokio::task::spawn_blocking(move || plane.restart_apiserver().map(|()| plane)).await??;
+    assert_ne!(plane.apiserver_pid()?, pid_before, "the API server was restarted");
+    let after: AnalysisJob = serde_json::from_value(sample_job("after")?)?;
     jobs.create(&PostParams::default(), &after).await?;
     let next = tokio::time::timeout(WAIT, async {
         loop {

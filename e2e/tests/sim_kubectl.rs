@@ -6,9 +6,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{
-    Kubectl, TestResult, WAIT, crd_path, documents, every_invalid_fixture_is_refused, path_str, start, workspace_root,
-};
+use common::{Kubectl, TestResult, WAIT, documents, every_invalid_fixture_is_refused, path_str, start, workspace_root};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -20,19 +18,7 @@ async fn with_crd() -> Result<(Simulator, kube::Client, Kubectl), Box<dyn std::e
     let (sim, client) = start().await?;
     let kubectl = Kubectl::new()?;
     sim.write_kubeconfig(&kubectl.kubeconfig())?;
-    let out = kubectl.ok(&["apply", "-f", path_str(&crd_path())]).await?;
-    assert!(
-        out.contains("customresourcedefinition.apiextensions.k8s.io/analysisjobs.streamscan.io created"),
-        "{out}"
-    );
-    kubectl
-        .ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/analysisjobs.streamscan.io",
-            "--timeout=10s",
-        ])
-        .await?;
+    kubectl.install_crd().await?;
     Ok((sim, client, kubectl))
 }
 

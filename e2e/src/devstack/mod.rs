@@ -51,14 +51,13 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// `STREAMSCAN_DEVSTACK_BACKEND` (`real` or `sim`), else `real`.
-    pub fn from_env() -> Result<Backend, DevstackError> {
-        match std::env::var("STREAMSCAN_DEVSTACK_BACKEND").ok().as_deref() {
-            None | Some("" | "real") => Ok(Backend::Real),
+    /// `real` or `sim` from environment variable `var`; `default` when it is unset or empty.
+    pub fn from_var(var: &str, default: Backend) -> Result<Backend, DevstackError> {
+        match std::env::var(var).ok().as_deref() {
+            None | Some("") => Ok(default),
+            Some("real") => Ok(Backend::Real),
             Some("sim") => Ok(Backend::Sim),
-            Some(other) => Err(DevstackError::Other(format!(
-                "STREAMSCAN_DEVSTACK_BACKEND={other}: expected real or sim"
-            ))),
+            Some(other) => Err(DevstackError::Other(format!("{var}={other}: expected real or sim"))),
         }
     }
 
@@ -108,13 +107,7 @@ impl ApiServer {
     /// For the integration tests: `STREAMSCAN_TEST_KUBE` (`real` or `sim`), else `sim`, the
     /// fast default; `scripts/test.sh` runs them once more with `real`.
     pub fn test_backend() -> Result<Backend, DevstackError> {
-        match std::env::var("STREAMSCAN_TEST_KUBE").ok().as_deref() {
-            None | Some("" | "sim") => Ok(Backend::Sim),
-            Some("real") => Ok(Backend::Real),
-            Some(other) => Err(DevstackError::Other(format!(
-                "STREAMSCAN_TEST_KUBE={other}: expected real or sim"
-            ))),
-        }
+        Backend::from_var("STREAMSCAN_TEST_KUBE", Backend::Sim)
     }
 }
 

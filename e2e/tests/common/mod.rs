@@ -38,6 +38,13 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
     Ok(files)
 }
 
+/// manifests/samples/url-job.yaml, renamed `name`.
+pub fn sample_job(name: &str) -> Result<Value, Box<dyn std::error::Error>> {
+    let mut job = documents(&workspace_root().join("manifests/samples/url-job.yaml"))?.remove(0);
+    job["metadata"]["name"] = Value::from(name);
+    Ok(job)
+}
+
 pub fn crd_path() -> PathBuf {
     workspace_root().join("crds/analysisjob.yaml")
 }
@@ -83,6 +90,23 @@ impl Kubectl {
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
+    }
+
+    /// `kubectl apply`s crds/analysisjob.yaml (a new CRD) and waits until it is Established.
+    pub async fn install_crd(&self) -> TestResult {
+        let out = self.ok(&["apply", "-f", path_str(&crd_path())]).await?;
+        assert!(
+            out.contains("customresourcedefinition.apiextensions.k8s.io/analysisjobs.streamscan.io created"),
+            "{out}"
+        );
+        self.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/analysisjobs.streamscan.io",
+            "--timeout=20s",
+        ])
+        .await?;
+        Ok(())
     }
 
     pub fn command(&self, args: &[&str]) -> Command {

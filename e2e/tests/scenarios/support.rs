@@ -74,8 +74,7 @@ pub struct ClusterVars {
 
 pub fn backend() -> Res<Backend> {
     match std::env::var("STREAMSCAN_E2E_BACKEND").ok().as_deref() {
-        None | Some("" | "devstack") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::from_env()?)),
-        Some("real") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Real)),
+        None | Some("" | "devstack" | "real") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Real)),
         Some("sim") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Sim)),
         Some(_) => {
             let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
