@@ -78,6 +78,8 @@ if [ $# -eq 0 ]; then
   # run (fast, fault injection); here once more on a real kube-apiserver each.
   STREAMSCAN_TEST_KUBE=real cargo test --locked -p streamscan-operator --test controller
   STREAMSCAN_TEST_KUBE=real cargo test --locked -p streamscan-worker --test runtime
+  # The gateway's tests run on the mock cluster in the workspace run; here on Apache Kafka.
+  STREAMSCAN_TEST_KAFKA=real cargo test --locked -p streamscan-operator --test gateway
 fi
 
 # The Helm chart, manifests/, the Dockerfile and e2e/kind/ (installs its Python packages itself).

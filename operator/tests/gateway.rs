@@ -120,24 +120,56 @@ fn free_port() -> Res<u16> {
 
 // ---------------------------------------------------------------- Kafka
 
+/// The broker the gateway reads: librdkafka's mock cluster (default), or a real Apache Kafka with
+/// `STREAMSCAN_TEST_KAFKA=real` (scripts/test.sh runs the suite on both).
+enum Broker {
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    Real(streamscan_e2e::real::Kafka),
+}
+
 struct Kafka {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    broker: Broker,
     producer: FutureProducer,
 }
 
 impl Kafka {
-    fn start() -> Res<Self> {
+    async fn start() -> Res<Self> {
+        match std::env::var("STREAMSCAN_TEST_KAFKA").as_deref() {
+            Err(_) | Ok("" | "mock") => Self::mock(),
+            Ok("real") => Self::real().await,
+            Ok(other) => Err(format!("STREAMSCAN_TEST_KAFKA={other}: expected mock or real").into()),
+        }
+    }
+
+    fn mock() -> Res<Self> {
         let cluster = MockCluster::new(1)?;
         cluster.create_topic(TOPIC, 3, 1)?;
+        Self::with(Broker::Mock(cluster))
+    }
+
+    async fn real() -> Res<Self> {
+        let kafka = tokio::task::spawn_blocking(streamscan_e2e::real::Kafka::start).await??;
+        kafka.create_topic(TOPIC, 3).await?;
+        Self::with(Broker::Real(kafka))
+    }
+
+    fn with(broker: Broker) -> Res<Self> {
+        let bootstrap = match &broker {
+            Broker::Mock(cluster) => cluster.bootstrap_servers(),
+            Broker::Real(kafka) => kafka.bootstrap.clone(),
+        };
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("bootstrap.servers", bootstrap)
             .set("linger.ms", "0")
             .create()?;
-        Ok(Kafka { cluster, producer })
+        Ok(Kafka { broker, producer })
     }
 
     fn bootstrap(&self) -> String {
-        self.cluster.bootstrap_servers()
+        match &self.broker {
+            Broker::Mock(cluster) => cluster.bootstrap_servers(),
+            Broker::Real(kafka) => kafka.bootstrap.clone(),
+        }
     }
 
     async fn send(&self, key: &str, payload: &[u8]) -> Res {
@@ -180,6 +212,16 @@ impl Gateway {
     fn pid(&self) -> Option<u32> {
         self.child.id()
     }
+
+    /// Stops the gateway with SIGTERM, as Kubernetes does, and waits for it to exit.
+    async fn terminate(mut self) -> Res<std::process::ExitStatus> {
+        let pid = self.pid().ok_or("gateway already exited")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(within("the gateway to exit on SIGTERM", self.child.wait()).await??)
+    }
 }
 
 struct Harness {
@@ -194,6 +236,10 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Res<Self> {
+        Self::start_on(Kafka::start().await?).await
+    }
+
+    async fn start_on(kafka: Kafka) -> Res<Self> {
         let sim = Simulator::start().await?;
         let client = sim.client()?;
         let dir = tempfile::tempdir()?;
@@ -217,7 +263,7 @@ impl Harness {
         Ok(Harness {
             kubelet: Kubelet::new(client.clone(), "default"),
             jobs: Api::namespaced(client.clone(), "default"),
-            kafka: Kafka::start()?,
+            kafka,
             http: reqwest::Client::builder().no_proxy().build()?,
             _sim: sim,
             dir,
@@ -660,32 +706,116 @@ async fn redis_outage_keeps_live_streaming_and_loses_nothing_from_history() -> R
         vec![8, 9, 10, 11],
         "no repeat after the catch-up"
     );
-    // History returns once the gateway has re-read what Redis missed; poll its API (bounded).
-    let deadline = Instant::now() + WAIT;
-    let seqs = loop {
-        let resp = h
-            .http
-            .get(gw.url("/v1/jobs/default/outage/history"))
-            .bearer_auth(&alice)
-            .send()
-            .await?;
-        if resp.status() == 200 {
-            let events: Vec<Value> = resp.json().await?;
-            let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
-            if seqs.len() == 12 {
-                break seqs;
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("history never caught up; log: {}", h.log("gw")).into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // History returns once the gateway has re-read what Redis missed.
+    let seqs = history_seqs_once(&h, &gw, "outage", &alice, 12).await?;
     assert_eq!(seqs, (0..12).collect::<Vec<_>>());
     assert!(gw.metric("streamscan_gateway_redis_errors_total").await? >= 1.0);
     // And the resume that was refused now works, without gap or repeat.
     let mut ws2 = ws_connect(&gw, "outage", &alice, Some("ev-o:3")).await?;
     assert_eq!(ws_seqs(&mut ws2, 8).await?, (4..12).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// The job's history seqs once the gateway serves `n` of them (it answers 503 while it catches
+/// up, and there is no event to await from outside: poll its API, bounded).
+async fn history_seqs_once(h: &Harness, gw: &Gateway, name: &str, token: &str, n: usize) -> Res<Vec<u64>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = h
+            .http
+            .get(gw.url(&format!("/v1/jobs/default/{name}/history")))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        if resp.status() == 200 {
+            let events: Vec<Value> = resp.json().await?;
+            let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+            if seqs.len() >= n {
+                return Ok(seqs);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("history of {name} never reached {n} events; log: {}", h.log("gw")).into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_emptied_history_is_rebuilt_from_kafka_without_live_repeats() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let alice = token("alice", false);
+    // One finished job and one still running when Redis loses everything.
+    let done = h.create_job("done", "alice").await?;
+    let d = Stream::new(&done, "ev-done");
+    for seq in 0..=3 {
+        h.send(&d.at(seq, 3)).await?;
+    }
+    let running = h.create_job("running", "alice").await?;
+    let r = Stream::new(&running, "ev-run");
+    let mut ws = ws_connect(&gw, "running", &alice, None).await?;
+    for seq in 0..4 {
+        h.send(&r.at(seq, 11)).await?;
+    }
+    assert_eq!(ws_seqs(&mut ws, 4).await?, vec![0, 1, 2, 3]);
+    assert_eq!(history_seqs_once(&h, &gw, "done", &alice, 4).await?, vec![0, 1, 2, 3]);
+    let rewinds = gw.metric("streamscan_gateway_history_rewinds_total").await?;
+
+    let mut redis = h.redis.conn().await?;
+    let () = redis::cmd("FLUSHALL").query_async(&mut redis).await?;
+    for seq in 4..12 {
+        h.send(&r.at(seq, 11)).await?;
+    }
+    assert_eq!(
+        ws_seqs(&mut ws, 8).await?,
+        (4..12).collect::<Vec<_>>(),
+        "the re-read is stored, not pushed again"
+    );
+    assert_eq!(
+        history_seqs_once(&h, &gw, "running", &alice, 12).await?,
+        (0..12).collect::<Vec<_>>(),
+        "the running job's events from before the loss are back"
+    );
+    assert_eq!(
+        history_seqs_once(&h, &gw, "done", &alice, 4).await?,
+        vec![0, 1, 2, 3],
+        "so are the finished job's, within the TTL"
+    );
+    assert!(gw.metric("streamscan_gateway_history_rewinds_total").await? > rewinds);
+    let mismatches = gw.metric("streamscan_gateway_verdict_mismatches_total").await?;
+    assert_eq!(mismatches, 0.0, "no attempt was judged on a partial history");
+    Ok(())
+}
+
+/// Redis emptied while no gateway ran: the restarted gateway finds no history epoch, and re-reads
+/// the last TTL from the offsets a real broker gives for that time (the mock cluster cannot look
+/// up offsets by time, so this test always runs on Apache Kafka).
+#[tokio::test]
+async fn a_gateway_started_on_an_emptied_redis_rebuilds_the_last_ttl_from_a_real_broker() -> Res {
+    let h = Harness::start_on(Kafka::real().await?).await?;
+    let alice = token("alice", false);
+    let gw = h.gateway("gw", &[]).await?;
+    let done = h.create_job("before", "alice").await?;
+    let d = Stream::new(&done, "ev-before");
+    for seq in 0..=3 {
+        h.send(&d.at(seq, 3)).await?;
+    }
+    assert_eq!(history_seqs_once(&h, &gw, "before", &alice, 4).await?, vec![0, 1, 2, 3]);
+    let status = gw.terminate().await?;
+    assert!(status.success(), "graceful exit: {status}");
+
+    let mut redis = h.redis.conn().await?;
+    let () = redis::cmd("FLUSHALL").query_async(&mut redis).await?;
+    // Same identity, so the same consumer group: its committed offsets are past those events.
+    let gw = h.gateway("gw", &[]).await?;
+    assert_eq!(
+        history_seqs_once(&h, &gw, "before", &alice, 4).await?,
+        vec![0, 1, 2, 3],
+        "re-read from the broker; log: {}",
+        h.log("gw")
+    );
+    assert_eq!(gw.metric("streamscan_gateway_history_rewinds_total").await?, 1.0);
     Ok(())
 }
 

@@ -49,12 +49,26 @@ end
 return {added, redis.call('EXISTS', KEYS[3])}
 ";
 
+/// Returns the history's epoch, creating it (as ARGV[1]) when Redis holds none.
+const EPOCH: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return v
+";
+
+/// The key whose value names the Redis dataset: it changes only when Redis lost its data.
+pub const EPOCH_KEY: &str = "streamscan:history:epoch";
+
 #[derive(Clone)]
 pub struct History {
     conn: ConnectionManager,
     ttl: u64,
     verdict_ttl: u64,
     store: std::sync::Arc<redis::Script>,
+    epoch: std::sync::Arc<redis::Script>,
 }
 
 pub fn events_key(analyze_id: &str, event_id: &str) -> String {
@@ -89,6 +103,7 @@ impl History {
             ttl: ttl.as_secs().max(1),
             verdict_ttl: verdict_ttl.as_secs().max(1),
             store: std::sync::Arc::new(redis::Script::new(STORE)),
+            epoch: std::sync::Arc::new(redis::Script::new(EPOCH)),
         })
     }
 
@@ -96,6 +111,19 @@ impl History {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+
+    /// How long an attempt's events stay after its last write.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl)
+    }
+
+    /// The dataset's epoch: `candidate` if Redis held none (it is new, or lost its data), else the
+    /// one it holds. The key has no TTL, so it goes only with the data (or by `allkeys-*`
+    /// eviction, which then costs one needless re-read).
+    pub async fn epoch(&self, candidate: &str) -> Result<String, HistoryError> {
+        let mut conn = self.conn.clone();
+        Ok(self.epoch.key(EPOCH_KEY).arg(candidate).invoke_async(&mut conn).await?)
     }
 
     /// Stores one event (idempotently) and refreshes the attempt's TTL.

@@ -6,11 +6,17 @@
 //! and once Redis answers again the consumer seeks back there and re-stores what it missed
 //! (without pushing it a second time). A restart in the meantime re-reads from the committed
 //! offset, which never passed the first unstored event.
+//!
+//! Redis may also come back without its data (no persistence, a flush, a failover to an empty
+//! replica). The history's epoch key tells: it changes only with the dataset. Then every
+//! partition is re-read from what the history should still hold ([`super::rewind`]), stored but
+//! not pushed again. A gateway that starts on a Redis with no epoch does the same from the
+//! broker's offsets for the last TTL, so a gateway and Redis restarted together lose nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::History;
 use super::hub::{Hub, Published};
 use super::metrics::Metrics;
+use super::rewind::Rewind;
 use super::seqset::Recent;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -145,6 +152,23 @@ pub struct Ingest {
     replay_until: HashMap<i32, i64>,
     /// Per partition: the highest offset read.
     high: HashMap<i32, i64>,
+    /// Where to re-read from should Redis lose its data.
+    rewind: Rewind,
+    /// The Redis dataset's epoch last seen (None until Redis first answers).
+    epoch: Option<String>,
+    /// Redis lost its data and the re-read is not planned yet (no partitions assigned yet).
+    rewind_pending: Option<Lost>,
+    /// Per partition: the first offset read by this run.
+    first: HashMap<i32, i64>,
+}
+
+/// When Redis lost the history, as far as this replica can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lost {
+    /// The epoch changed under this replica.
+    WhileRunning,
+    /// There was no epoch when this replica first reached Redis.
+    BeforeStart,
 }
 
 impl Ingest {
@@ -158,6 +182,7 @@ impl Ingest {
         recent: Recent,
     ) -> Self {
         metrics.history_complete.set(1);
+        let rewind = Rewind::new(history.ttl());
         Ingest {
             consumer,
             topic,
@@ -169,6 +194,10 @@ impl Ingest {
             holes: HashMap::new(),
             replay_until: HashMap::new(),
             high: HashMap::new(),
+            rewind,
+            epoch: None,
+            rewind_pending: None,
+            first: HashMap::new(),
         }
     }
 
@@ -188,7 +217,11 @@ impl Ingest {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 },
-                _ = repair.tick(), if !self.holes.is_empty() => self.repair().await,
+                _ = repair.tick() => {
+                    if self.check_epoch().await && !self.holes.is_empty() {
+                        self.repair().await;
+                    }
+                }
             }
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -200,6 +233,7 @@ impl Ingest {
     async fn handle(&mut self, msg: &BorrowedMessage<'_>) {
         self.metrics.events_consumed.inc();
         let (partition, offset) = (msg.partition(), msg.offset());
+        self.first.entry(partition).or_insert(offset);
         let high = self.high.entry(partition).or_insert(offset);
         *high = (*high).max(offset);
         let payload = msg.payload().unwrap_or_default();
@@ -212,7 +246,19 @@ impl Ingest {
                 return;
             }
         };
+        self.rewind.observe(
+            partition,
+            offset,
+            &event.event_id,
+            event.status.is_final(),
+            Instant::now(),
+        );
         let replaying = self.replay_until.get(&partition).is_some_and(|until| offset <= *until);
+        if event.status.is_final() && !self.holes.contains_key(&partition) {
+            // The verdict must not judge a history Redis lost since the last tick: look first (a
+            // loss turns into a hole here, and the final event is stored again after the re-read).
+            self.check_epoch().await;
+        }
         if !self.holes.contains_key(&partition) {
             match self.store(&event, payload).await {
                 Ok(()) => self.stored(msg),
@@ -292,12 +338,159 @@ impl Ingest {
         }
     }
 
-    /// Once Redis answers, seeks each partition with a hole back to it.
-    async fn repair(&mut self) {
-        if let Err(err) = self.history.ping().await {
-            tracing::debug!(%err, "Redis still unavailable");
+    /// Reads the Redis dataset's epoch; when it changed (or Redis held none), plans a re-read of
+    /// everything the history should hold. False while Redis does not answer.
+    async fn check_epoch(&mut self) -> bool {
+        let candidate = uuid::Uuid::new_v4().to_string();
+        let current = match self.history.epoch(&candidate).await {
+            Ok(current) => current,
+            Err(err) => {
+                tracing::debug!(%err, "Redis unavailable");
+                return false;
+            }
+        };
+        match &self.epoch {
+            Some(seen) if *seen != current => {
+                tracing::warn!(was = %seen, now = %current, "Redis lost its data; re-reading Kafka to rebuild the history");
+                self.metrics.history_rewinds.inc();
+                self.rewind_pending = Some(Lost::WhileRunning);
+            }
+            None if current == candidate => {
+                tracing::info!("Redis holds no history epoch (new, or emptied while no gateway ran)");
+                self.rewind_pending = Some(Lost::BeforeStart);
+            }
+            _ => {}
+        }
+        self.epoch = Some(current);
+        if let Some(lost) = self.rewind_pending {
+            self.plan_rewind(lost).await;
+        }
+        true
+    }
+
+    /// Turns a pending rewind into holes at each assigned partition's rewind point.
+    ///
+    /// Lost while running: the earlier of what this replica consumed within the TTL (and of the
+    /// attempts still running) and the broker's offset for the TTL's start. Lost before this
+    /// replica started: from the broker's offset for the TTL's start, where that is before the
+    /// offset this run started from (what it consumed since is in the new dataset already).
+    async fn plan_rewind(&mut self, lost: Lost) {
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the partition assignment; will retry the re-read");
+                return;
+            }
+        };
+        let assigned: Vec<i32> = assignment
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        if assigned.is_empty() {
+            // Nothing to seek yet: retried on the next tick, once the group assigned partitions.
             return;
         }
+        let since = SystemTime::now()
+            .checked_sub(self.history.ttl())
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or(0);
+        let by_time = self.offsets(&assigned, Offset::Offset(since), true).await;
+        let points = match lost {
+            Lost::WhileRunning => {
+                let mut points = self.rewind.points(Instant::now());
+                for (partition, offset) in by_time {
+                    points
+                        .entry(partition)
+                        .and_modify(|o| *o = (*o).min(offset))
+                        .or_insert(offset);
+                }
+                points
+            }
+            Lost::BeforeStart => {
+                let unread: Vec<i32> = assigned
+                    .iter()
+                    .copied()
+                    .filter(|p| !self.first.contains_key(p))
+                    .collect();
+                let committed = self.offsets(&unread, Offset::Invalid, false).await;
+                by_time
+                    .into_iter()
+                    .filter(|(partition, offset)| {
+                        self.first
+                            .get(partition)
+                            .or_else(|| committed.get(partition))
+                            .is_some_and(|start| offset < start)
+                    })
+                    .collect()
+            }
+        };
+        for partition in assigned {
+            if let Some(&offset) = points.get(&partition) {
+                tracing::info!(partition, from = offset, "re-reading for the history");
+                self.holes
+                    .entry(partition)
+                    .and_modify(|o| *o = (*o).min(offset))
+                    .or_insert(offset);
+            }
+        }
+        if !self.holes.is_empty() {
+            self.history_ok.store(false, Ordering::SeqCst);
+            self.metrics.history_complete.set(0);
+            if lost == Lost::BeforeStart {
+                self.metrics.history_rewinds.inc();
+            }
+        }
+        self.rewind_pending = None;
+    }
+
+    /// Per partition: the broker's offset for a timestamp (`by_time`), or the group's committed
+    /// offset. Partitions without one (no event since then, no commit, a broker that cannot look
+    /// up by time, a failed request) are left out.
+    async fn offsets(&self, partitions: &[i32], at: Offset, by_time: bool) -> HashMap<i32, i64> {
+        let mut query = TopicPartitionList::new();
+        for &partition in partitions {
+            if let Err(err) = query.add_partition_offset(&self.topic, partition, at) {
+                tracing::warn!(%err, partition, "cannot plan the offset lookup");
+            }
+        }
+        if query.count() == 0 {
+            return HashMap::new();
+        }
+        let consumer = self.consumer.clone();
+        let timeout = Duration::from_secs(5);
+        let found = tokio::task::spawn_blocking(move || {
+            if by_time {
+                consumer.offsets_for_times(query, timeout)
+            } else {
+                consumer.committed_offsets(query, timeout)
+            }
+        })
+        .await;
+        match found {
+            Ok(Ok(found)) => found
+                .elements()
+                .iter()
+                .filter_map(|e| match (e.error(), e.offset()) {
+                    (Ok(()), Offset::Offset(offset)) => Some((e.partition(), offset)),
+                    _ => None,
+                })
+                .collect(),
+            Ok(Err(err)) => {
+                tracing::warn!(%err, by_time, "offset lookup failed");
+                HashMap::new()
+            }
+            Err(err) => {
+                tracing::warn!(%err, by_time, "offset lookup task failed");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Once Redis answers, seeks each partition with a hole back to it.
+    async fn repair(&mut self) {
         let mut list = TopicPartitionList::new();
         for (&partition, &offset) in &self.holes {
             if let Err(err) = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset)) {

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub kafka_lag: Gauge,
     pub kafka_partitions_assigned: Gauge,
     pub history_complete: Gauge,
+    pub history_rewinds: Counter,
 }
 
 impl Metrics {
@@ -95,6 +96,11 @@ impl Metrics {
             "history_complete",
             "1 when Redis holds every consumed event (0 during a Redis outage and its catch-up)",
             m.history_complete.clone(),
+        );
+        r.register(
+            "history_rewinds",
+            "Times Redis was found without its data (restarted empty, flushed) and Kafka re-read",
+            m.history_rewinds.clone(),
         );
         m
     }

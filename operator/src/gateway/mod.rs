@@ -2,7 +2,7 @@
 //! resume, cancel, job submission (including streamed uploads), result download routed to the
 //! worker that holds it, and JWT authentication.
 //!
-//! Pure parts ([`seqset`], [`verdict`], [`hub`]) are tested on their own; the I/O shell is
+//! Pure parts ([`seqset`], [`verdict`], [`hub`], [`rewind`]) are tested on their own; the I/O shell is
 //! [`kafka`], [`history`], [`http`] and friends, wired in [`run`].
 
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod kafka;
 pub mod metrics;
 pub mod results;
+pub mod rewind;
 pub mod run;
 pub mod seqset;
 pub mod stream;
