@@ -194,6 +194,9 @@ impl Drop for ClientGuard {
     }
 }
 
+const WS_READ_BUFFER: usize = 4 << 10;
+const WS_WRITE_BUFFER: usize = 8 << 10;
+
 pub async fn events(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -222,6 +225,11 @@ pub async fn events(
             let mut response = ws
                 .max_message_size(max)
                 .max_frame_size(max)
+                // tungstenite allocates its 128 KiB read buffer up front, per connection; clients
+                // only send small commands, and events are a few hundred bytes, so small buffers
+                // keep a thousand watchers cheap (writes still coalesce a dozen events).
+                .read_buffer_size(WS_READ_BUFFER)
+                .write_buffer_size(WS_WRITE_BUFFER)
                 .on_upgrade(move |socket| websocket(socket, state, caller, namespace, name, feed));
             mark_history(&mut response, replayed);
             Ok(response)
