@@ -179,6 +179,36 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Stops and starts this control plane's API server (from any thread).
+    pub fn apiserver_switch(&self) -> ApiServerSwitch {
+        ApiServerSwitch {
+            dir: self.dir.path().display().to_string(),
+        }
+    }
+}
+
+/// Takes a control plane's API server down and back; holds only its directory, so it can move
+/// to a blocking thread.
+#[derive(Clone, Debug)]
+pub struct ApiServerSwitch {
+    dir: String,
+}
+
+impl ApiServerSwitch {
+    /// Stops the API server (SIGTERM, as on a rolling restart); etcd and the data stay.
+    pub fn stop(&self) -> Result<(), RealError> {
+        script("kube.sh", &["stop", &self.dir, "apiserver"])?;
+        Ok(())
+    }
+
+    /// Starts it again on the same port and etcd; returns once it is ready.
+    pub fn start(&self) -> Result<(), RealError> {
+        script("kube.sh", &["start-apiserver", &self.dir])?;
+        Ok(())
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         let _ = script("kube.sh", &["stop", &self.dir.path().display().to_string()]);

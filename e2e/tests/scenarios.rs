@@ -11,7 +11,8 @@
 //! Sets:
 //! - **fast** (default, CI): `happy_paths`, `capacity_30_jobs`, `worker_killed_and_restarted`,
 //!   `worker_lost_repins_or_fails_source_lost`, `controller_leader_killed`,
-//!   `kafka_outage` (8 s outage), `redis_killed_and_restarted`, `gateway_restarted_ws_resumes`,
+//!   `kafka_outage` (8 s outage), `redis_killed_and_restarted`, `apiserver_down_mid_job`,
+//!   `gateway_restarted_ws_resumes`,
 //!   `cancel_from_websocket`, `refusals`.
 //! - **full** (`STREAMSCAN_SCENARIOS=full`): the same, with the Kafka outage at 30 s, plus
 //!   `worker_pod_deleted_repins` (an evicted pod instead of a NotReady one).
@@ -517,6 +518,35 @@ async fn redis_killed_and_restarted() -> Res {
             let last = env.log.wait_final(&uid, &event_id).await?;
             wait_redis(env, &uid, &event_id, usize::try_from(last.seq)? + 1).await?;
             check_job(env, tally, "redis-out", Expect::Succeeded, Some(&ws)).await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apiserver_down_mid_job() -> Res {
+    scenario(
+        "apiserver_down_mid_job",
+        true,
+        |o| {
+            o.workers = 2;
+            slow(o, 512 << 10);
+        },
+        async |env, tally| {
+            let source = env.volume_source("images/api.bin", &test_file(13, 4 * MIB))?;
+            env.create("api-down", "alice", source, ANALYZERS).await?;
+            let ws = WsClient::connect(env, "api-down", "alice").await?;
+            env.wait_progress("api-down").await?;
+            let before = ws.events().len();
+            env.stack()?.api.stop().await?;
+            // The job goes on without the API server: its events still reach the WebSocket
+            // client through Kafka and the gateway (a second's worth at 250 ms per event).
+            ws.wait("events while the API server is down", |e, _| e.len() >= before + 4)
+                .await?;
+            env.stack()?.api.start_again().await?;
+            // Status writes that failed meanwhile are retried; the job ends once, on its server.
+            check_job(env, tally, "api-down", Expect::Succeeded, Some(&ws)).await?;
             Ok(())
         },
     )

@@ -8,21 +8,27 @@
 #                            system:masters). Pids in DIR/*.pid; logs in DIR/*.log.
 #   kube.sh stop DIR [apiserver]   stop everything (or only the API server, for a restart).
 #   kube.sh restart-apiserver DIR  start the API server again on the same port and etcd.
+#   kube.sh start-apiserver DIR    start the API server stopped by `stop DIR apiserver`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
 cmd="${1:-}"; dir="${2:-}"
-if [ -z "$cmd" ] || [ -z "$dir" ]; then echo "usage: $0 start DIR PORT | stop DIR [apiserver] | restart-apiserver DIR" >&2; exit 2; fi
+if [ -z "$cmd" ] || [ -z "$dir" ]; then echo "usage: $0 start DIR PORT | stop DIR [apiserver] | restart-apiserver DIR | start-apiserver DIR" >&2; exit 2; fi
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
 alive() { [ -f "$dir/$1.pid" ] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
+# SIGTERM, then SIGKILL after 5 s (kube-apiserver's graceful shutdown can hang on its quota
+# evaluator for much longer); returns once the process is gone, so a start can follow at once.
 stop_one() {
   alive "$1" || return 0
   local pid; pid="$(cat "$dir/$1.pid")"
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  echo "kube.sh: $1 (pid $pid) still running after SIGKILL" >&2
+  return 1
 }
 wait_for() { # name, seconds, command...
   local name="$1" secs="$2"; shift 2
@@ -85,7 +91,7 @@ clusters:
 - name: real
   cluster:
     server: https://127.0.0.1:$port
-    insecure-skip-tls-verify: true
+    certificate-authority: $dir/certs/apiserver.crt
 users:
 - name: admin
   user:
@@ -111,9 +117,13 @@ restart-apiserver)
   stop_one apiserver
   start_apiserver
   ;;
+start-apiserver)
+  bin="$(cat "$dir/bin")"
+  alive apiserver || start_apiserver
+  ;;
 stop)
   if [ "${3:-}" = apiserver ]; then stop_one apiserver; exit 0; fi
   stop_one controller-manager; stop_one apiserver; stop_one etcd
   ;;
-*) echo "usage: $0 start DIR PORT | stop DIR [apiserver] | restart-apiserver DIR" >&2; exit 2 ;;
+*) echo "usage: $0 start DIR PORT | stop DIR [apiserver] | restart-apiserver DIR | start-apiserver DIR" >&2; exit 2 ;;
 esac

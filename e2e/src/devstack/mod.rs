@@ -104,11 +104,40 @@ impl ApiServer {
         Ok((api, client))
     }
 
+    /// Takes the API server down, keeping its data (real: SIGTERM to kube-apiserver, etcd stays).
+    pub async fn stop(&mut self) -> Result<(), DevstackError> {
+        match self {
+            ApiServer::Sim(sim) => sim.stop_serving().await,
+            ApiServer::Real(plane) => blocking_real(plane.apiserver_switch(), |s| s.stop()).await?,
+        }
+        Ok(())
+    }
+
+    /// Brings it back on the same address with the same data; returns once it serves.
+    pub async fn start_again(&mut self) -> Result<(), DevstackError> {
+        match self {
+            ApiServer::Sim(sim) => sim.serve_again().await?,
+            ApiServer::Real(plane) => blocking_real(plane.apiserver_switch(), |s| s.start()).await?,
+        }
+        Ok(())
+    }
+
     /// For the integration tests: `STREAMSCAN_TEST_KUBE` (`real` or `sim`), else `sim`, the
     /// fast default; `scripts/test.sh` runs them once more with `real`.
     pub fn test_backend() -> Result<Backend, DevstackError> {
         Backend::from_var("STREAMSCAN_TEST_KUBE", Backend::Sim)
     }
+}
+
+/// Runs one of the control plane's blocking script calls off the async runtime.
+async fn blocking_real(
+    switch: crate::real::ApiServerSwitch,
+    f: fn(&crate::real::ApiServerSwitch) -> Result<(), crate::real::RealError>,
+) -> Result<(), DevstackError> {
+    tokio::task::spawn_blocking(move || f(&switch))
+        .await
+        .map_err(|e| DevstackError::Other(e.to_string()))?
+        .map_err(|e| DevstackError::Other(e.to_string()))
 }
 
 /// What to start.

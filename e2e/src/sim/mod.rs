@@ -77,6 +77,7 @@ impl Default for Options {
 pub struct Simulator {
     addr: SocketAddr,
     store: Arc<Store>,
+    bookmark_interval: Duration,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), std::io::Error>>>,
 }
@@ -88,12 +89,7 @@ impl Simulator {
     }
 
     pub async fn start_with(options: Options) -> Result<Self, SimError> {
-        let listener = tokio::net::TcpListener::bind(options.addr)
-            .await
-            .map_err(|source| SimError::Bind {
-                addr: options.addr,
-                source,
-            })?;
+        let listener = bind(options.addr).await?;
         let addr = listener.local_addr().map_err(|source| SimError::Bind {
             addr: options.addr,
             source,
@@ -102,15 +98,29 @@ impl Simulator {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             seed_namespace(&store, ns);
         }
-        let shared = Arc::new(server::Shared {
-            store: store.clone(),
-            address: addr.to_string(),
+        let mut sim = Self {
+            addr,
+            store,
             bookmark_interval: options.bookmark_interval,
+            stop: None,
+            task: None,
+        };
+        sim.serve(listener);
+        tracing::info!(%addr, "kube-sim serving");
+        Ok(sim)
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let shared = Arc::new(server::Shared {
+            store: self.store.clone(),
+            address: self.addr.to_string(),
+            bookmark_interval: self.bookmark_interval,
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown_store = store.clone();
+        let shutdown_store = self.store.clone();
         let app = server::router(shared);
-        let task = tokio::spawn(async move {
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
@@ -118,14 +128,33 @@ impl Simulator {
                     shutdown_store.close_watches();
                 })
                 .await
-        });
-        tracing::info!(%addr, "kube-sim serving");
-        Ok(Self {
-            addr,
-            store,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        }));
+    }
+
+    /// Stops serving, as an API server going down: watches end, connections close, new ones are
+    /// refused. The objects stay, for [`Simulator::serve_again`].
+    pub async fn stop_serving(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            // Graceful shutdown waits for open requests; a client that holds one open is cut off.
+            if tokio::time::timeout(Duration::from_secs(10), &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Serves the same objects on the same address again (resource versions go on, so watches
+    /// resume where they were).
+    pub async fn serve_again(&mut self) -> Result<(), SimError> {
+        if self.task.is_some() {
+            return Ok(());
+        }
+        let listener = bind(self.addr).await?;
+        self.serve(listener);
+        tracing::info!(addr = %self.addr, "kube-sim serving again");
+        Ok(())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -203,6 +232,12 @@ impl Drop for Simulator {
             let _ = stop.send(());
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, SimError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| SimError::Bind { addr, source })
 }
 
 fn seed_namespace(store: &Store, name: &str) {
