@@ -7,6 +7,7 @@
 
 pub mod kafka;
 pub mod procs;
+pub mod rbac;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -193,6 +194,9 @@ pub struct Devstack {
     pub api: ApiServer,
     pub client: kube::Client,
     pub kubeconfig: PathBuf,
+    /// Per component (controller, gateway, worker): its kubeconfig. On the real backend each
+    /// holds its chart ServiceAccount's token; on the simulator, the admin kubeconfig.
+    component_kubeconfigs: BTreeMap<&'static str, PathBuf>,
     pub kafka: KafkaHost,
     pub redis: RedisServer,
     pub controllers: Vec<Option<Proc>>,
@@ -232,6 +236,21 @@ impl Devstack {
 
         let kubeconfig = opts.dir.join("kubeconfig");
         let (api, client) = ApiServer::start(opts.backend, &kubeconfig).await?;
+        let mut component_kubeconfigs = BTreeMap::new();
+        if opts.backend == Backend::Real {
+            rbac::apply_chart_rbac(&client, NAMESPACE).await?;
+        }
+        for (component, account) in rbac::ACCOUNTS {
+            let path = match opts.backend {
+                Backend::Sim => kubeconfig.clone(),
+                Backend::Real => {
+                    let path = opts.dir.join(format!("kubeconfig-{component}"));
+                    rbac::write_account_kubeconfig(&client, &kubeconfig, NAMESPACE, account, &path).await?;
+                    path
+                }
+            };
+            component_kubeconfigs.insert(component, path);
+        }
         let kafka = match opts.backend {
             Backend::Sim => KafkaHost::start(1, &opts.topic, 3)?.with_fencing().await?,
             Backend::Real => KafkaHost::start_real(&opts.topic, 3).await?,
@@ -252,6 +271,7 @@ impl Devstack {
             api,
             client,
             kubeconfig,
+            component_kubeconfigs,
             kafka,
             redis,
             controllers: Vec::new(),
@@ -319,9 +339,11 @@ impl Devstack {
         ]
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    /// The environment of `component` (controller, gateway or worker).
+    fn env(&self, component: &str) -> Vec<(&'static str, String)> {
+        let kubeconfig = self.component_kubeconfigs.get(component).unwrap_or(&self.kubeconfig);
         vec![
-            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("KUBECONFIG", kubeconfig.display().to_string()),
             ("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
             ("POD_NAMESPACE", NAMESPACE.into()),
         ]
@@ -342,6 +364,13 @@ impl Devstack {
             "5".into(),
             "--identity".into(),
             format!("controller-{i}"),
+            // As the chart passes them: the Roles it grants are in one namespace.
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--worker-namespace".into(),
+            NAMESPACE.into(),
+            "--lease-namespace".into(),
+            NAMESPACE.into(),
             "--worker-token-file".into(),
             self.internal_token_file.display().to_string(),
         ];
@@ -350,7 +379,7 @@ impl Devstack {
             &format!("controller-{i}"),
             &self.opts.bin_dir.join("streamscan-operator"),
             args,
-            &self.env(),
+            &self.env("controller"),
             &self.opts.dir,
         )
     }
@@ -403,7 +432,7 @@ impl Devstack {
             &name,
             &self.opts.bin_dir.join("streamscan-worker"),
             args,
-            &self.env(),
+            &self.env("worker"),
             &self.opts.dir,
         )?;
         wait_http(&format!("http://127.0.0.1:{port}/healthz"), &name).await?;
@@ -502,6 +531,12 @@ impl Devstack {
             self.internal_token_file.display().to_string(),
             "--identity".into(),
             "gateway-0".into(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--default-namespace".into(),
+            NAMESPACE.into(),
+            "--worker-namespace".into(),
+            NAMESPACE.into(),
         ];
         args.extend(self.kafka_args());
         args.extend(self.opts.gateway_args.iter().cloned());
@@ -509,7 +544,7 @@ impl Devstack {
             "gateway",
             &self.opts.bin_dir.join("streamscan-operator"),
             args,
-            &self.env(),
+            &self.env("gateway"),
             &self.opts.dir,
         )?;
         wait_http(
