@@ -242,9 +242,9 @@ impl Kafka {
 
     /// Has the transaction coordinator create and load `__transaction_state`, as on a broker that
     /// has served transactions before. On a fresh broker that takes seconds ("coordinator load in
-    /// progress"), and an InitProducerId still retrying then can complete after a newer attempt's,
-    /// fencing it: the race the worker must handle (see the README's known limits), which a test
-    /// should meet on purpose, not because the broker is new.
+    /// progress"), which every test's first transaction would otherwise wait out; and an
+    /// InitProducerId still retrying then can complete late and fence a newer attempt (the worker
+    /// takes such a fence back, see the README), which a test should meet on purpose.
     fn warm_up_transactions(&self) -> Result<(), RealError> {
         use rdkafka::producer::{BaseProducer, Producer};
         let producer: BaseProducer = ClientConfig::new()

@@ -8,6 +8,12 @@
 //! (next seq, last bytes) is persisted, so a restarted worker continues the stream with neither
 //! gap nor repeat: events not yet committed at a crash are aborted by the next producer's
 //! `init_transactions` and sent again with the same seqs.
+//!
+//! A fence is checked against the job before the attempt gives up: an older attempt's
+//! InitProducerId still being retried (a coordinator that is loading) can complete after this
+//! attempt's and fence it although the job names this attempt. Then the publisher starts a new
+//! producer, whose InitProducerId takes the transactional id back (fencing the older one), and
+//! sends the uncommitted batch again with the same seqs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +33,8 @@ use crate::engine::hex;
 
 /// Events per transaction at most.
 const BATCH: usize = 256;
+/// Fences the job does not back that an attempt takes back before it stops anyway.
+const MAX_TAKEBACKS: u32 = 3;
 /// One Kafka call's patience; calls are retried until the publisher is abandoned.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,6 +90,10 @@ pub struct Publisher {
 /// Called after each committed transaction with (next seq, bytes of the last event).
 pub type OnCommit = Box<dyn FnMut(u64, u64) + Send>;
 
+/// Asked when the producer is fenced: whether the job still names this attempt (false when that
+/// cannot be read: the attempt then stops, as a stale one would).
+pub type StillCurrent = Box<dyn Fn() -> bool + Send>;
+
 impl Publisher {
     /// Starts the producer thread. `config` holds the connection settings (bootstrap, TLS, SASL).
     pub fn start(
@@ -89,6 +101,7 @@ impl Publisher {
         info: StreamInfo,
         buffer: usize,
         on_commit: OnCommit,
+        still_current: StillCurrent,
     ) -> Result<Self, EventsError> {
         let mut config = config.clone();
         config
@@ -97,8 +110,7 @@ impl Publisher {
             .set("acks", "all")
             .set("transaction.timeout.ms", "60000")
             .set("message.timeout.ms", "60000");
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            config.create().map_err(|e| EventsError::Kafka(e.to_string()))?;
+        let producer = create(&config)?;
         let (tx, rx) = sync_channel(buffer.max(1));
         let abandon = Arc::new(AtomicBool::new(false));
         let flag = abandon.clone();
@@ -106,7 +118,15 @@ impl Publisher {
             .name("events".into())
             .spawn(move || {
                 let analyze_id = info.analyze_id.clone();
-                let ended = publish(producer, info, rx, flag, on_commit);
+                let ended = publish(Session {
+                    producer,
+                    config,
+                    info,
+                    rx,
+                    abandon: flag,
+                    on_commit,
+                    still_current,
+                });
                 match &ended {
                     Err(e @ EventsError::Fenced(_)) => {
                         tracing::warn!(%analyze_id, error = %e, "fenced: a newer attempt owns the event stream; this attempt stops")
@@ -198,12 +218,54 @@ fn requires_abort(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(t) if t.txn_requires_abort())
 }
 
-fn publish(
+fn create(config: &ClientConfig) -> Result<ThreadedProducer<DefaultProducerContext>, EventsError> {
+    config.create().map_err(|e| EventsError::Kafka(e.to_string()))
+}
+
+/// The publisher thread's state.
+struct Session {
     producer: ThreadedProducer<DefaultProducerContext>,
+    /// For a new producer after a fence the job does not back.
+    config: ClientConfig,
     info: StreamInfo,
     rx: Receiver<ProgressEvent>,
     abandon: Arc<AtomicBool>,
-    mut on_commit: OnCommit,
+    on_commit: OnCommit,
+    still_current: StillCurrent,
+}
+
+fn publish(mut s: Session) -> Result<(), EventsError> {
+    // Survives a new producer: the batch the fence interrupted is sent again, same seqs.
+    let mut batch: Vec<ProgressEvent> = Vec::with_capacity(BATCH);
+    let mut takebacks = 0;
+    loop {
+        match transactions(&s.producer, &s.info, &s.rx, &s.abandon, &mut s.on_commit, &mut batch) {
+            Err(EventsError::Fenced(why))
+                if takebacks < MAX_TAKEBACKS && !s.abandon.load(Ordering::SeqCst) && (s.still_current)() =>
+            {
+                takebacks += 1;
+                tracing::warn!(
+                    analyze_id = %s.info.analyze_id,
+                    %why,
+                    takebacks,
+                    "fenced, but the job still names this attempt (an older attempt's producer registered late): taking the transactional id back"
+                );
+                s.producer = create(&s.config)?;
+            }
+            ended => return ended,
+        }
+    }
+}
+
+/// Registers the producer (InitProducerId, which fences older ones), then commits one
+/// transaction per batch until the queue closes.
+fn transactions(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    info: &StreamInfo,
+    rx: &Receiver<ProgressEvent>,
+    abandon: &AtomicBool,
+    on_commit: &mut OnCommit,
+    batch: &mut Vec<ProgressEvent>,
 ) -> Result<(), EventsError> {
     let gave_up = || EventsError::Kafka("gave up waiting for Kafka".into());
     // Retries a transactional call until it works, is fatal, or the publisher is abandoned.
@@ -225,7 +287,6 @@ fn publish(
         }
     };
     retry("init_transactions", &|| producer.init_transactions(CALL_TIMEOUT))?;
-    let mut batch: Vec<ProgressEvent> = Vec::with_capacity(BATCH);
     loop {
         if batch.is_empty() {
             match rx.recv_timeout(Duration::from_millis(500)) {
@@ -248,10 +309,7 @@ fn publish(
         // One transaction per batch; on an abortable error, abort and send the batch again.
         loop {
             retry("begin_transaction", &|| producer.begin_transaction())?;
-            if let Err(e) = batch
-                .iter()
-                .try_for_each(|event| send(&producer, &info, event, &abandon))
-            {
+            if let Err(e) = batch.iter().try_for_each(|event| send(producer, info, event, abandon)) {
                 if matches!(e, EventsError::Fenced(_)) || abandon.load(Ordering::SeqCst) {
                     return Err(e);
                 }

@@ -18,9 +18,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::decide::AttemptId;
-use super::events::{EventQueue, EventsError, OnCommit, Publisher, StreamInfo};
+use super::events::{EventQueue, EventsError, OnCommit, Publisher, StillCurrent, StreamInfo};
 use super::sources::{self, Opened, SourceError, Throttled, UploadNotify, UrlOptions};
-use super::status::{Failure, Snapshot, StatusError, StatusWriter, progress_due};
+use super::status::{Failure, Snapshot, StatusError, StatusWriter, names_attempt, progress_due};
 use super::store::{SavedCheckpoint, Store, StreamState};
 use crate::engine::analyzers::{AnalyzerConfig, build};
 use crate::engine::pipeline::{CancelToken, Checkpoint, EngineError, Hooks, Options, Progress, Scan, ScanResult};
@@ -300,6 +300,31 @@ fn template(shared: &Shared, job: &JobInfo) -> ProgressEvent {
     }
 }
 
+/// For the publisher thread, when fenced: reads the job (bounded) and says whether it still names
+/// this attempt. Unreadable counts as no: the attempt stops, as a stale one would.
+fn still_current(shared: &Shared, job: &JobInfo) -> StillCurrent {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let (jobs, name, attempt) = (shared.jobs.clone(), job.name.clone(), job.attempt.clone());
+    Box::new(move || {
+        let Some(runtime) = runtime.as_ref() else {
+            return false;
+        };
+        runtime.block_on(async {
+            match tokio::time::timeout(Duration::from_secs(10), jobs.get(&name)).await {
+                Ok(Ok(current)) => names_attempt(&current, &attempt),
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, job = %name, "fenced, and the job cannot be read; the attempt stops");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(job = %name, "fenced, and reading the job timed out; the attempt stops");
+                    false
+                }
+            }
+        })
+    })
+}
+
 /// Starts the attempt's publisher, continuing the stream where its last commit left it.
 fn publisher(shared: &Shared, job: &JobInfo) -> Result<(Publisher, Emitter), EventsError> {
     let stream = shared.store.load_stream(&job.uid, &job.attempt);
@@ -323,7 +348,13 @@ fn publisher(shared: &Shared, job: &JobInfo) -> Result<(Publisher, Emitter), Eve
         analyze_id: job.uid.clone(),
         server_id: shared.server_id.clone(),
     };
-    let publisher = Publisher::start(&shared.kafka, info, shared.event_buffer, on_commit)?;
+    let publisher = Publisher::start(
+        &shared.kafka,
+        info,
+        shared.event_buffer,
+        on_commit,
+        still_current(shared, job),
+    )?;
     let queue = publisher.queue().ok_or(EventsError::Closed)?;
     let emitter = Emitter {
         queue,

@@ -84,6 +84,12 @@ pub fn progress_due(last: Option<(Instant, Snapshot)>, now: Instant, next: &Snap
     matches!((prev.percent(), next.percent()), (Some(a), Some(b)) if b >= a + 5)
 }
 
+/// Whether the job's status names `attempt` (attempt number and eventId) as its current one.
+pub fn names_attempt(job: &AnalysisJob, attempt: &AttemptId) -> bool {
+    let at = job.status.as_ref().map(|s| (s.attempt, s.event_id.as_deref()));
+    at == Some((Some(attempt.attempt), Some(attempt.event_id.as_str())))
+}
+
 impl StatusWriter {
     pub fn new(api: Api<AnalysisJob>, name: String, attempt: AttemptId) -> Self {
         StatusWriter {
@@ -100,8 +106,7 @@ impl StatusWriter {
 
     /// Whether `job` is still at this writer's attempt.
     fn current(&self, job: &AnalysisJob) -> bool {
-        let at = job.status.as_ref().map(|s| (s.attempt, s.event_id.as_deref()));
-        at == Some((Some(self.attempt.attempt), Some(self.attempt.event_id.as_str())))
+        names_attempt(job, &self.attempt)
     }
 
     async fn patch(&self, status: Value) -> Result<(), StatusError> {
