@@ -67,6 +67,13 @@ YAML
   fi
   nohup "${java[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/broker.log" 2>&1 &
   echo $! > "$dir/pid"
+  # The broker outlives no test: stopped when the process that started it is gone (its
+  # STREAMSCAN_REAL_OWNER_PID, or this script's parent).
+  if ! { [ -f "$dir/watchdog.pid" ] && kill -0 "$(cat "$dir/watchdog.pid")" 2>/dev/null; }; then
+    nohup "$here/watchdog.sh" "${STREAMSCAN_REAL_OWNER_PID:-$PPID}" "$dir" "$here/kafka.sh" stop "$dir" \
+      </dev/null >/dev/null 2>&1 &
+    echo $! > "$dir/watchdog.pid"
+  fi
   # Ready when the broker has started and its listener takes connections.
   for _ in $(seq 1 600); do
     if ! alive; then echo "kafka.sh: the broker exited; its log:" >&2; tail -50 "$dir/broker.log" >&2; exit 1; fi
@@ -79,6 +86,10 @@ YAML
   echo "kafka.sh: the broker did not start within 60 s; its log:" >&2; tail -50 "$dir/broker.log" >&2; exit 1
   ;;
 stop)
+  if [ -f "$dir/watchdog.pid" ] && [ "$(cat "$dir/watchdog.pid")" != "${WATCHDOG_PID:-}" ]; then
+    kill "$(cat "$dir/watchdog.pid")" 2>/dev/null || true
+    rm -f "$dir/watchdog.pid"
+  fi
   alive || exit 0
   pid="$(cat "$dir/pid")"
   kill -TERM "$pid"

@@ -83,6 +83,11 @@ start)
   wait_for etcd 30 curl -sf "http://127.0.0.1:$((port + 1))/health"
 
   start_apiserver
+  # Nothing here outlives its test: stopped when the process that started it is gone (its
+  # STREAMSCAN_REAL_OWNER_PID, or this script's parent).
+  nohup "$here/watchdog.sh" "${STREAMSCAN_REAL_OWNER_PID:-$PPID}" "$dir" "$here/kube.sh" stop "$dir" \
+    </dev/null >/dev/null 2>&1 &
+  echo $! > "$dir/watchdog.pid"
 
   cat > "$dir/kubeconfig" <<KC
 apiVersion: v1
@@ -123,6 +128,7 @@ start-apiserver)
   ;;
 stop)
   if [ "${3:-}" = apiserver ]; then stop_one apiserver; exit 0; fi
+  [ "$(cat "$dir/watchdog.pid" 2>/dev/null)" = "${WATCHDOG_PID:-}" ] || stop_one watchdog
   stop_one controller-manager; stop_one apiserver; stop_one etcd
   ;;
 *) echo "usage: $0 start DIR PORT | stop DIR [apiserver] | restart-apiserver DIR | start-apiserver DIR" >&2; exit 2 ;;
