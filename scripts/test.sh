@@ -72,14 +72,15 @@ rm -f "$table"
 STREAMSCAN_E2E_BACKEND=real cargo test --workspace --locked "$@"
 print_table
 if [ $# -eq 0 ]; then
-  STREAMSCAN_E2E_BACKEND=sim cargo test -p streamscan-e2e --test scenarios --locked
+  # `--workspace --test NAME` keeps the workspace run's features, so nothing is rebuilt.
+  STREAMSCAN_E2E_BACKEND=sim cargo test --workspace --test scenarios --locked
   print_table
   # The controller's and the worker's integration tests run on the simulator in the workspace
   # run (fast, fault injection); here once more on a real kube-apiserver each.
-  STREAMSCAN_TEST_KUBE=real cargo test --locked -p streamscan-operator --test controller
-  STREAMSCAN_TEST_KUBE=real cargo test --locked -p streamscan-worker --test runtime
+  STREAMSCAN_TEST_KUBE=real cargo test --locked --workspace --test controller
+  STREAMSCAN_TEST_KUBE=real cargo test --locked --workspace --test runtime
   # The gateway's tests run on the mock cluster in the workspace run; here on Apache Kafka.
-  STREAMSCAN_TEST_KAFKA=real cargo test --locked -p streamscan-operator --test gateway
+  STREAMSCAN_TEST_KAFKA=real cargo test --locked --workspace --test gateway
 fi
 
 # The Helm chart, manifests/, the Dockerfile and e2e/kind/ (installs its Python packages itself).

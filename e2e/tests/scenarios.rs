@@ -455,10 +455,13 @@ async fn kafka_outage() -> Res {
             env.create("kafka-out", "alice", source, ANALYZERS).await?;
             let ws = WsClient::connect(env, "kafka-out", "alice").await?;
             env.wait_progress("kafka-out").await?;
-            env.stack()?.kafka.down()?;
+            // A real broker's kill and restart block for seconds: off the async workers.
+            let stack = env.stack()?;
+            tokio::task::block_in_place(|| stack.kafka.down())?;
             // The fault's duration, not a synchronisation.
             tokio::time::sleep(Duration::from_secs(outage as u64)).await;
-            env.stack()?.kafka.up()?;
+            let stack = env.stack()?;
+            tokio::task::block_in_place(|| stack.kafka.up())?;
             check_job(env, tally, "kafka-out", Expect::Succeeded, Some(&ws)).await?;
             Ok(())
         },

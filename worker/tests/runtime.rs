@@ -821,26 +821,24 @@ fn topic_messages(bootstrap: &str, analyze_id: &str, until: usize) -> Res<Vec<(i
 /// Producer level: once a newer attempt's producer has started, the old one can commit nothing
 /// more and reports itself fenced. librdkafka's mock cluster does not fence (it hands a second
 /// producer with the same transactional id a new producer id instead of bumping the epoch), so
-/// the test puts Kafka's fencing rule in front of it (`streamscan_e2e::fence`);
-/// `STREAMSCAN_TEST_KAFKA=host:port` runs it against a real broker (Apache Kafka, Redpanda) instead.
+/// the test puts Kafka's fencing rule in front of it (`streamscan_e2e::fence`); the next test
+/// runs the same on Apache Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
     let kafka = MockCluster::new(1)?;
     kafka.create_topic(TOPIC, 1, 1)?;
     let fence = FencingProxy::start(&kafka.bootstrap_servers()).await?;
-    let bootstrap = std::env::var("STREAMSCAN_TEST_KAFKA").unwrap_or_else(|_| fence.bootstrap_servers());
+    let bootstrap = fence.bootstrap_servers();
     let analyze_id = format!("uid-z-{}", uuid::Uuid::new_v4());
     let id = analyze_id.clone();
     tokio::task::spawn_blocking(move || zombie_is_fenced(&bootstrap, &id)).await??;
-    if std::env::var_os("STREAMSCAN_TEST_KAFKA").is_none() {
-        let txn = format!("streamscan-{analyze_id}");
-        let initialised = fence.initialised();
-        assert!(
-            initialised.len() >= 2 && initialised.iter().all(|t| *t == txn),
-            "both attempts use the job's transactional id: {initialised:?}"
-        );
-        assert!(!fence.refused().is_empty(), "the zombie's requests were refused");
-    }
+    let txn = format!("streamscan-{analyze_id}");
+    let initialised = fence.initialised();
+    assert!(
+        initialised.len() >= 2 && initialised.iter().all(|t| *t == txn),
+        "both attempts use the job's transactional id: {initialised:?}"
+    );
+    assert!(!fence.refused().is_empty(), "the zombie's requests were refused");
     Ok(())
 }
 
