@@ -144,14 +144,20 @@ enum Broker {
     Real,
 }
 
+/// The broker a test's worker talks to.
+enum Kafka {
+    /// librdkafka's mock cluster (fault injection), maybe behind the fencing proxy.
+    Mock {
+        cluster: MockCluster<'static, DefaultProducerContext>,
+        _fence: Option<FencingProxy>,
+    },
+    Real(streamscan_e2e::real::Kafka),
+}
+
 struct Harness {
     _api: ApiServer,
-    kafka: MockCluster<'static, DefaultProducerContext>,
-    /// The real broker, when the test runs against one (then `kafka` is unused).
-    real: Option<streamscan_e2e::real::Kafka>,
-    /// Kafka's producer fencing in front of the mock cluster, when the test needs it.
-    _fence: Option<FencingProxy>,
-    /// Where clients connect: the mock cluster, or the fencing proxy.
+    kafka: Kafka,
+    /// Where clients connect: the broker, or the fencing proxy.
     bootstrap: String,
     dir: tempfile::TempDir,
     jobs: Api<AnalysisJob>,
@@ -180,24 +186,25 @@ impl Harness {
         let dir = tempfile::tempdir()?;
         let (api, client): (ApiServer, Client) =
             ApiServer::start(ApiServer::test_backend()?, &dir.path().join("kubeconfig")).await?;
-        let kafka = MockCluster::new(1)?;
-        kafka.create_topic(TOPIC, 1, 1)?;
-        let fence = match broker {
-            Broker::MockFencing => Some(FencingProxy::start(&kafka.bootstrap_servers()).await?),
-            Broker::Mock | Broker::Real => None,
-        };
-        let real = match broker {
+        let (kafka, bootstrap) = match broker {
             Broker::Real => {
                 let real = tokio::task::spawn_blocking(streamscan_e2e::real::Kafka::start).await??;
                 real.create_topic(TOPIC, 1).await?;
-                Some(real)
+                let bootstrap = real.bootstrap.clone();
+                (Kafka::Real(real), bootstrap)
             }
-            Broker::Mock | Broker::MockFencing => None,
-        };
-        let bootstrap = match (&real, &fence) {
-            (Some(real), _) => real.bootstrap.clone(),
-            (None, Some(fence)) => fence.bootstrap_servers(),
-            (None, None) => kafka.bootstrap_servers(),
+            Broker::Mock | Broker::MockFencing => {
+                let cluster = MockCluster::new(1)?;
+                cluster.create_topic(TOPIC, 1, 1)?;
+                let fence = match broker {
+                    Broker::MockFencing => Some(FencingProxy::start(&cluster.bootstrap_servers()).await?),
+                    _ => None,
+                };
+                let bootstrap = fence
+                    .as_ref()
+                    .map_or_else(|| cluster.bootstrap_servers(), FencingProxy::bootstrap_servers);
+                (Kafka::Mock { cluster, _fence: fence }, bootstrap)
+            }
         };
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n"))?;
         std::fs::create_dir_all(dir.path().join("sources"))?;
@@ -206,8 +213,6 @@ impl Harness {
         Ok(Harness {
             _api: api,
             kafka,
-            real,
-            _fence: fence,
             bootstrap,
             jobs: Api::namespaced(client, "default"),
             files,
@@ -215,6 +220,21 @@ impl Harness {
             http: reqwest::Client::builder().no_proxy().build()?,
             dir,
         })
+    }
+
+    /// The mock cluster, for fault injection.
+    fn mock(&self) -> Res<&MockCluster<'static, DefaultProducerContext>> {
+        match &self.kafka {
+            Kafka::Mock { cluster, .. } => Ok(cluster),
+            Kafka::Real(_) => Err("this test injects faults into the mock cluster".into()),
+        }
+    }
+
+    fn real(&self) -> Option<&streamscan_e2e::real::Kafka> {
+        match &self.kafka {
+            Kafka::Real(real) => Some(real),
+            Kafka::Mock { .. } => None,
+        }
     }
 
     fn data_dir(&self, server: &str) -> PathBuf {
@@ -684,7 +704,7 @@ async fn broker_errors_and_an_outage_lose_and_duplicate_nothing() -> Res<()> {
     let h = Harness::start().await?;
     std::fs::write(h.dir.path().join("sources/k.bin"), test_file(6))?;
     // Produce requests fail now and then; the idempotent producer retries without duplicates.
-    h.kafka.request_errors(
+    h.mock()?.request_errors(
         RDKafkaApiKey::Produce,
         &[
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
@@ -696,11 +716,11 @@ async fn broker_errors_and_an_outage_lose_and_duplicate_nothing() -> Res<()> {
     h.job("k", "s1", json!({"volume": {"path": "k.bin"}}), &["digest"])
         .await?;
     h.wait("k", "started", processed_at_least(256 << 10)).await?;
-    h.kafka.broker_down(1)?;
+    h.mock()?.broker_down(1)?;
     // With Kafka down the analysis goes on (its events wait in the buffer).
     h.wait("k", "progressing while Kafka is down", processed_at_least(2 << 20))
         .await?;
-    h.kafka.broker_up(1)?;
+    h.mock()?.broker_up(1)?;
     h.wait_state("k", ExecutionState::Succeeded).await?;
     check_stream(&h.events("k-e1").await?, EventStatus::Completed);
     Ok(())
@@ -711,7 +731,7 @@ async fn broker_errors_and_an_outage_lose_and_duplicate_nothing() -> Res<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_broker_killed_and_restarted_mid_job_loses_and_duplicates_nothing() -> Res<()> {
     let h = Harness::start_real_kafka().await?;
-    let real = h.real.as_ref().ok_or("real broker")?;
+    let real = h.real().ok_or("real broker")?;
     std::fs::write(h.dir.path().join("sources/k.bin"), test_file(6))?;
     let (_worker, _) = h.worker("s1", "s1", &["--throttle-bytes-per-sec", "1048576"]).await?;
     h.job("k", "s1", json!({"volume": {"path": "k.bin"}}), &["digest"])
@@ -1027,7 +1047,7 @@ async fn fence_not_backed_by_the_job(h: Harness) -> Res<()> {
     // The batch the fence interrupted was aborted and sent again: a real broker hides the aborted
     // copy from a read_committed consumer; the mock cluster writes no abort markers, so there the
     // copy is dropped by (eventId, seq) as the gateway does.
-    let events = if h.real.is_some() { events } else { dedupe(events) };
+    let events = if h.real().is_some() { events } else { dedupe(events) };
     check_stream(&events, EventStatus::Completed);
     let metrics = h.http.get(format!("{base}/metrics")).send().await?.text().await?;
     assert!(
