@@ -19,6 +19,9 @@ pub const DEFAULT_WORKER_SELECTOR: &str = "app.kubernetes.io/component=worker";
 pub const ANNOTATION_CAPACITY: &str = "streamscan.io/capacity";
 /// Pod annotation naming the port of the worker's HTTP service (results, uploads).
 pub const ANNOTATION_HTTP_PORT: &str = "streamscan.io/http-port";
+/// The worker's HTTP port when its pod has no [`ANNOTATION_HTTP_PORT`] (the worker's default
+/// `--http-addr` port).
+pub const DEFAULT_WORKER_HTTP_PORT: u16 = 8080;
 /// Job annotation holding the gateway's idempotency key of the request that created it.
 pub const ANNOTATION_IDEMPOTENCY_KEY: &str = "streamscan.io/idempotency-key";
 

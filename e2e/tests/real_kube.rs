@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Kubectl, TestResult, WAIT, every_invalid_fixture_is_refused, path_str, sample_job, workspace_root};
+use common::{Kubectl, TestResult, WAIT, apply_samples, every_invalid_fixture_is_refused, sample_job};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -39,16 +39,7 @@ async fn every_invalid_fixture_is_refused_by_the_real_apiserver_with_its_message
 #[tokio::test]
 async fn samples_apply_and_print_their_columns_and_status_is_a_subresource() -> TestResult {
     let (_plane, client, kubectl) = with_crd().await?;
-    let samples = workspace_root().join("manifests/samples");
-    let out = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
-    for name in ["archive-upload", "firmware-from-url", "disk-image-from-volume"] {
-        assert!(
-            out.contains(&format!("analysisjob.streamscan.io/{name} created")),
-            "{out}"
-        );
-    }
-    let again = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
-    assert!(again.contains("firmware-from-url unchanged"), "{again}");
+    apply_samples(&kubectl).await?;
 
     let jobs: Api<AnalysisJob> = Api::default_namespaced(client);
     // A status write cannot change the spec, and a spec write cannot change the status.

@@ -6,7 +6,10 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{Kubectl, TestResult, WAIT, documents, every_invalid_fixture_is_refused, path_str, start, workspace_root};
+use common::{
+    Kubectl, TestResult, WAIT, apply_samples, documents, every_invalid_fixture_is_refused, path_str, start,
+    workspace_root,
+};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -25,17 +28,7 @@ async fn with_crd() -> Result<(Simulator, kube::Client, Kubectl), Box<dyn std::e
 #[tokio::test]
 async fn apply_crd_and_samples_then_get_shows_printer_columns() -> TestResult {
     let (_sim, client, kubectl) = with_crd().await?;
-    let samples = workspace_root().join("manifests/samples");
-    let out = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
-    for name in ["archive-upload", "firmware-from-url", "disk-image-from-volume"] {
-        assert!(
-            out.contains(&format!("analysisjob.streamscan.io/{name} created")),
-            "{out}"
-        );
-    }
-    // Applying again changes nothing.
-    let again = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
-    assert!(again.contains("firmware-from-url unchanged"), "{again}");
+    apply_samples(&kubectl).await?;
 
     let jobs: Api<AnalysisJob> = Api::default_namespaced(client);
     jobs.patch_status(

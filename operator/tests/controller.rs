@@ -660,6 +660,50 @@ async fn duplicate_server_id_gets_no_jobs_and_is_reported() -> TestResult {
     Ok(())
 }
 
+/// A job that vanishes without going through cleanup (its finalizer stripped, then deleted, while
+/// the controller was not looking) never gets another reconcile; its capacity slot is released
+/// from the job cache all the same, and the job waiting for that slot is placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_without_cleanup_frees_its_slot() -> TestResult {
+    let h = Harness::start().await?;
+    h.server("0", Some(1), None).await?;
+    let controller = h.controller("controller", &[])?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(controller.id().ok_or("controller pid")?)?);
+    h.create("first", json!({})).await?;
+    h.wait_phase("first", Phase::Scheduled).await?;
+    h.create("second", json!({})).await?;
+    h.wait("second", "waiting for the only slot", |j| {
+        condition(j, "Scheduled").is_some_and(|c| c.reason == "NoServerAvailable")
+    })
+    .await?;
+
+    // Frozen, the controller cannot put its finalizer back between the two writes.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let stripped = async {
+        h.jobs
+            .patch(
+                "first",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+            )
+            .await?;
+        h.jobs.delete("first", &DeleteParams::default()).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    stripped?;
+    let job = h.wait_phase("second", Phase::Scheduled).await?;
+    assert_eq!(status(&job).server_id.as_deref(), Some("0"));
+    assert!(
+        h.log("controller")
+            .contains("released the slots of jobs deleted without cleanup"),
+        "{}",
+        h.log("controller")
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_one_acts_and_the_other_takes_over() -> TestResult {
     let h = Harness::start().await?;

@@ -1009,9 +1009,13 @@ async fn stub_worker(report: &'static [u8]) -> Res<(u16, Calls)> {
 }
 
 async fn register_worker(h: &Harness, id: &str, port: u16) -> Res {
+    register_pod(h, &format!("worker-{id}"), id, port).await
+}
+
+async fn register_pod(h: &Harness, name: &str, id: &str, port: u16) -> Res {
     h.kubelet
         .register(PodTemplate {
-            name: format!("worker-{id}"),
+            name: name.to_owned(),
             labels: BTreeMap::from([
                 (LABEL_COMPONENT.to_owned(), "worker".to_owned()),
                 (LABEL_SERVER_ID.to_owned(), id.to_owned()),
@@ -1020,6 +1024,44 @@ async fn register_worker(h: &Harness, id: &str, port: u16) -> Res {
             port: Some(port),
         })
         .await?;
+    Ok(())
+}
+
+/// A second Ready pod carrying a worker's labels (an impostor: anyone who may create pods in the
+/// namespace) gets neither the download nor the internal token; the gateway says why.
+#[tokio::test]
+async fn an_impostor_pod_with_a_workers_server_id_gets_no_traffic() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let (port_real, calls_real) = stub_worker(b"report").await?;
+    let (port_fake, calls_fake) = stub_worker(b"forged").await?;
+    register_worker(&h, "b", port_real).await?;
+    register_pod(&h, "impostor", "b", port_fake).await?;
+    h.create_job("done", "alice").await?;
+    let digest = hex::encode(Sha256::digest(b"report"));
+    h.jobs
+        .patch_status(
+            "done",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded", "serverId": "b", "result": {
+                "bytes": 6, "findings": {"critical": 0, "high": 0, "medium": 0, "low": 0, "info": 0},
+                "reportDigest": digest, "reportSize": 6, "serverId": "b"}}})),
+        )
+        .await?;
+    let resp = h
+        .http
+        .get(gw.url("/v1/jobs/default/done/result"))
+        .bearer_auth(token("alice", false))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 503);
+    let text = resp.text().await?;
+    assert!(text.contains("2 Ready pods") && text.contains("impostor"), "{text}");
+    assert!(
+        calls_fake.lock().unwrap_or_else(|p| p.into_inner()).is_empty(),
+        "the impostor was called"
+    );
+    assert!(calls_real.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
     Ok(())
 }
 

@@ -158,6 +158,21 @@ impl Kubectl {
     }
 }
 
+/// `kubectl apply -f manifests/samples`: each sample is created; a second apply changes nothing.
+pub async fn apply_samples(kubectl: &Kubectl) -> TestResult {
+    let samples = workspace_root().join("manifests/samples");
+    let out = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
+    for name in ["archive-upload", "firmware-from-url", "disk-image-from-volume"] {
+        assert!(
+            out.contains(&format!("analysisjob.streamscan.io/{name} created")),
+            "{out}"
+        );
+    }
+    let again = kubectl.ok(&["apply", "-f", path_str(&samples)]).await?;
+    assert!(again.contains("firmware-from-url unchanged"), "{again}");
+    Ok(())
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }

@@ -91,14 +91,17 @@ impl Inner {
         self.load_excluding("")
     }
 
-    /// Drops holders that no longer exist.
-    pub fn retain(&mut self, exists: impl Fn(&str) -> bool) {
+    /// Drops holders that no longer exist; returns how many slots that freed.
+    pub fn retain(&mut self, exists: impl Fn(&str) -> bool) -> usize {
+        let before = self.holds.len();
         self.holds.retain(|uid, _| exists(uid));
+        let freed = before - self.holds.len();
         self.releasing.retain(|uid, _| exists(uid));
         let gone: Vec<String> = self.waiting_keys.keys().filter(|uid| !exists(uid)).cloned().collect();
         for uid in gone {
             self.unwait(&uid);
         }
+        freed
     }
 
     /// Marks `uid` as waiting for capacity; `created` orders the queue (RFC 3339 sorts as text).

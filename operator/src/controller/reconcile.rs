@@ -270,6 +270,22 @@ async fn after_write(job: &AnalysisJob, uid: &str, d: &Decision, released: bool,
     }
 }
 
+/// Frees the slots of jobs gone from the cache without going through cleanup (finalizer
+/// stripped, force delete: no reconcile ever sees them again), and wakes waiting jobs if that
+/// freed any. Only once the ledger is seeded, that is once the cache has synced.
+pub fn forget_vanished(ctx: &Context) -> usize {
+    if ctx.seeded.get().is_none() {
+        return 0;
+    }
+    let live: std::collections::HashSet<String> = ctx.jobs.state().iter().filter_map(|j| j.uid()).collect();
+    let freed = ctx.ledger.lock().retain(|uid| live.contains(uid));
+    if freed > 0 {
+        tracing::info!(freed, "released the slots of jobs deleted without cleanup");
+        wake_waiting(ctx);
+    }
+    freed
+}
+
 /// Looks again at the oldest waiting jobs, as many as there are free slots.
 pub fn wake_waiting(ctx: &Context) {
     let pods = ctx.pods.state();

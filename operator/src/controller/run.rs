@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{EventType, Settings};
 use super::ledger::Ledger;
 use super::metrics::{Metrics, PhaseLabels, ServerLabels};
-use super::reconcile::{CleanupSettings, Context, error_policy, publish, reconcile};
+use super::reconcile::{CleanupSettings, Context, error_policy, forget_vanished, publish, reconcile};
 use super::servers::ServerSet;
 use crate::ops::{self, Readiness};
 use crate::shutdown;
@@ -277,8 +277,9 @@ fn jobs_for_pod(ctx: &Context, pod: &Pod) -> Vec<ObjectRef<AnalysisJob>> {
     refs
 }
 
-/// Every few seconds: jobs by phase, free capacity per server, waiting jobs, and duplicate
-/// serverIds (a Warning Event on each pod involved, once per occurrence).
+/// Every few seconds: slots of vanished jobs released, then jobs by phase, free capacity per
+/// server, waiting jobs, and duplicate serverIds (a Warning Event on each pod involved, once per
+/// occurrence).
 async fn update_gauges(ctx: Arc<Context>, stop: CancellationToken) {
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -287,6 +288,7 @@ async fn update_gauges(ctx: Arc<Context>, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
+        forget_vanished(&ctx);
         let mut counts = std::collections::BTreeMap::<&str, i64>::new();
         for job in ctx.jobs.state() {
             *counts.entry(job.phase().as_str()).or_insert(0) += 1;

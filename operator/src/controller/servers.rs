@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use streamscan_api::names::{ANNOTATION_CAPACITY, ANNOTATION_HTTP_PORT, LABEL_SERVER_ID};
+use streamscan_api::names::{ANNOTATION_CAPACITY, ANNOTATION_HTTP_PORT, DEFAULT_WORKER_HTTP_PORT, LABEL_SERVER_ID};
 
 /// One worker pod that carries a `serverId`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,15 +130,6 @@ impl ServerSet {
     pub fn iter(&self) -> impl Iterator<Item = &Server> {
         self.by_id.values().flatten()
     }
-
-    /// A server's capacity (its Ready pod's, else its first pod's).
-    pub fn capacity(&self, id: &str) -> Option<usize> {
-        let pods = self.by_id.get(id)?;
-        pods.iter()
-            .find(|p| p.ready)
-            .or_else(|| pods.first())
-            .map(|p| p.capacity)
-    }
 }
 
 fn server_of(pod: &Pod, default_capacity: usize) -> Option<Server> {
@@ -164,8 +155,9 @@ fn server_of(pod: &Pod, default_capacity: usize) -> Option<Server> {
         .map(|t| t.0);
     let port = annotations
         .and_then(|a| a.get(ANNOTATION_HTTP_PORT))
-        .and_then(|p| p.parse::<u16>().ok());
-    let endpoint = status.and_then(|s| s.pod_ip.as_ref()).zip(port).map(|(ip, port)| {
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(DEFAULT_WORKER_HTTP_PORT);
+    let endpoint = status.and_then(|s| s.pod_ip.as_ref()).map(|ip| {
         if ip.contains(':') {
             format!("http://[{ip}]:{port}")
         } else {
@@ -268,8 +260,9 @@ mod tests {
             .unwrap()
             .insert(ANNOTATION_CAPACITY.into(), "lots".into());
         let set = ServerSet::from_pods(&[a, b], 4);
-        assert_eq!(set.capacity("0"), Some(9));
-        assert_eq!(set.capacity("1"), Some(4));
+        let capacity = |id: &str| set.iter().find(|s| s.id == id).map(|s| s.capacity);
+        assert_eq!(capacity("0"), Some(9));
+        assert_eq!(capacity("1"), Some(4));
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Hub {
         (delivered, dropped)
     }
 
-    pub fn subscribers(&self) -> usize {
+    #[cfg(test)]
+    fn subscribers(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
     }
 

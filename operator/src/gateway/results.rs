@@ -12,13 +12,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use streamscan_api::names::{ANNOTATION_HTTP_PORT, LABEL_SERVER_ID, MANAGER_GATEWAY};
+use streamscan_api::names::{LABEL_SERVER_ID, MANAGER_GATEWAY};
 use streamscan_api::{AnalysisJob, ResultSummary};
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::http::AppState;
 use super::jobs::owned_job;
+use crate::controller::servers::ServerSet;
 
 /// Digest header of the compressed report, as the worker and the gateway send it.
 pub const DIGEST_HEADER: &str = "x-streamscan-report-sha256";
@@ -43,31 +44,20 @@ pub async fn worker_base(state: &AppState, server_id: &str) -> Result<String, Ap
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| ApiError::kube(&e))?;
-    let ready = list.items.into_iter().find_map(|pod| {
-        if pod.metadata.deletion_timestamp.is_some() {
-            return None;
-        }
-        let status = pod.status.as_ref()?;
-        let is_ready = status
-            .conditions
-            .as_ref()?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        let ip = status.pod_ip.clone()?;
-        let port = pod
-            .annotations()
-            .get(ANNOTATION_HTTP_PORT)
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or(8080);
-        is_ready.then(|| {
-            if ip.contains(':') {
-                format!("http://[{ip}]:{port}")
-            } else {
-                format!("http://{ip}:{port}")
-            }
-        })
-    });
-    ready.ok_or_else(|| ApiError::unavailable(format!("no Ready worker holds serverId {server_id}; retry later")))
+    // The controller's rule: a serverId is served by exactly one Ready pod. A second Ready pod
+    // with the same labels (an impostor, or a misconfiguration) gets no traffic, nor the token.
+    let servers = ServerSet::from_pods(&list.items, 1);
+    if let Some((_, pods)) = servers.duplicates().into_iter().find(|(id, _)| *id == server_id) {
+        return Err(ApiError::unavailable(format!(
+            "serverId {server_id} is carried by {} Ready pods ({}); not routing until only one is",
+            pods.len(),
+            pods.join(", ")
+        )));
+    }
+    servers
+        .ready_unique(server_id)
+        .and_then(|s| s.endpoint.clone())
+        .ok_or_else(|| ApiError::unavailable(format!("no Ready worker holds serverId {server_id}; retry later")))
 }
 
 fn stored_result(job: &AnalysisJob) -> Result<&ResultSummary, ApiError> {

@@ -167,11 +167,6 @@ impl<'a> Window<'a> {
         &self.data[self.fresh..]
     }
 
-    /// Stream offset of the first fresh byte.
-    pub fn fresh_offset(&self) -> u64 {
-        self.offset + self.fresh as u64
-    }
-
     /// The window restricted to at most `overlap` carried bytes, and the stream offset of its start.
     pub fn with_overlap(&self, overlap: usize) -> (&'a [u8], u64) {
         let start = self.fresh.saturating_sub(overlap);

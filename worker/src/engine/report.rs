@@ -159,11 +159,6 @@ impl Report {
         }
     }
 
-    /// Highest severity among the findings.
-    pub fn max_severity(&self) -> Option<Severity> {
-        self.findings.iter().map(|f| f.severity).max()
-    }
-
     /// Findings at or above `severity`.
     pub fn count_at_least(&self, severity: Severity) -> usize {
         self.findings.iter().filter(|f| f.severity >= severity).count()
