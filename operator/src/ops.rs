@@ -3,6 +3,21 @@
 
 pub use streamscan_runtime::ops::{Readiness, router, serve};
 
+/// Serves /healthz, /readyz and /metrics on `addr` until `shutdown`, not ready yet; says where.
+pub async fn start(
+    addr: std::net::SocketAddr,
+    registry: prometheus_client::registry::Registry,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(Readiness, tokio::task::JoinHandle<()>)> {
+    use anyhow::Context;
+    let ready = Readiness::default();
+    let (bound, task) = serve(addr, std::sync::Arc::new(registry), ready.clone(), shutdown)
+        .await
+        .with_context(|| format!("binding the ops endpoints on {addr}"))?;
+    tracing::info!(ops_addr = %bound, "serving /healthz, /readyz, /metrics");
+    Ok((ready, task))
+}
+
 /// A Kubernetes client for the in-cluster or kubeconfig configuration, checked by asking the API
 /// server its version, so a wrong configuration fails at start-up with a clear message.
 pub async fn kube_client() -> anyhow::Result<kube::Client> {

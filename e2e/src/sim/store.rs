@@ -212,17 +212,8 @@ impl Inner {
 
     /// Removes an object; the DELETED event carries a new resourceVersion, as the API server's does.
     pub fn remove(&mut self, key: &ObjKey) -> Option<Value> {
-        let mut object = self.objects.remove(key)?;
-        self.rv += 1;
-        set_rv(&mut object, self.rv);
-        self.record(Change {
-            rv: self.rv,
-            key: key.clone(),
-            kind: ChangeType::Deleted,
-            object: object.clone(),
-            old: None,
-        });
-        Some(object)
+        let object = self.objects.get(key)?.clone();
+        Some(self.remove_as(key, object))
     }
 
     /// Removes an object whose last state is `object` (the update that dropped its last finalizer):

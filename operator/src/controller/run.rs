@@ -27,7 +27,7 @@ use super::ledger::Ledger;
 use super::metrics::{Metrics, PhaseLabels, ServerLabels};
 use super::reconcile::{CleanupSettings, Context, error_policy, forget_vanished, publish, reconcile};
 use super::servers::ServerSet;
-use crate::ops::{self, Readiness};
+use crate::ops;
 use crate::shutdown;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -98,11 +98,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     let shutdown = shutdown::on_signals();
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let ready = Readiness::default();
-    let (ops_addr, ops_task) = ops::serve(args.ops_addr, Arc::new(registry), ready.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("binding the ops endpoints on {}", args.ops_addr))?;
-    tracing::info!(%ops_addr, "serving /healthz, /readyz, /metrics");
+    let (ready, ops_task) = ops::start(args.ops_addr, registry, shutdown.clone()).await?;
 
     let client = ops::kube_client().await?;
     let worker_token = ops::read_token_file(args.worker_token_file.as_deref())?;

@@ -98,11 +98,7 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
 pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let ready = Readiness::default();
-    let (ops_addr, ops_task) = ops::serve(args.ops_addr, Arc::new(registry), ready.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("binding the ops endpoints on {}", args.ops_addr))?;
-    tracing::info!(%ops_addr, "serving /healthz, /readyz, /metrics");
+    let (ready, ops_task) = ops::start(args.ops_addr, registry, shutdown.clone()).await?;
 
     let auth = Auth::from_args(&args.auth).context("configuring JWT authentication")?;
     let client = ops::kube_client().await?;
