@@ -65,4 +65,19 @@ pub mod reason {
     pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
     pub const RETRYING: &str = "Retrying";
+    // Why an attempt failed (status.execution.reason, the FAILED event), set by the worker.
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";
+    pub const SOURCE_READ_FAILED: &str = "SourceReadFailed";
+    pub const SOURCE_CHANGED: &str = "SourceChanged";
+    pub const SOURCE_VOLUME_UNAVAILABLE: &str = "SourceVolumeUnavailable";
+    pub const PATH_ESCAPES_ROOT: &str = "PathEscapesRoot";
+    pub const UNSUPPORTED_INPUT: &str = "UnsupportedInput";
+    pub const UPLOAD_MISSING: &str = "UploadMissing";
+    pub const HEADERS_SECRET_NOT_FOUND: &str = "HeadersSecretNotFound";
+    pub const HEADERS_SECRET_UNAVAILABLE: &str = "HeadersSecretUnavailable";
+    pub const INVALID_HEADERS_SECRET: &str = "InvalidHeadersSecret";
+    pub const BAD_CHECKPOINT: &str = "BadCheckpoint";
+    pub const ANALYZER_UNAVAILABLE: &str = "AnalyzerUnavailable";
+    pub const ANALYZER_FAILED: &str = "AnalyzerFailed";
 }

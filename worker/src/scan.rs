@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
+use streamscan_api::names::reason;
 use streamscan_api::{AnalyzerName, EVENT_VERSION, EventStatus, ProgressEvent, ResultSummary};
 
 use crate::engine::analyzers::{AnalyzerConfig, build, model::ModelConfig};
@@ -398,8 +399,8 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
                     })?,
                     other => {
                         let reason = match other {
-                            EngineError::Io { .. } => "SourceReadFailed",
-                            _ => "AnalyzerFailed",
+                            EngineError::Io { .. } => reason::SOURCE_READ_FAILED,
+                            _ => reason::ANALYZER_FAILED,
                         };
                         ev.emit(EventStatus::Failed, processed, |ev| {
                             ev.reason = Some(reason.into());

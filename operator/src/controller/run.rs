@@ -17,7 +17,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
-use streamscan_api::names::{DEFAULT_WORKER_SELECTOR, LABEL_SERVER_ID};
+use streamscan_api::names::{DEFAULT_WORKER_SELECTOR, LABEL_SERVER_ID, reason};
 use streamscan_api::{AnalysisJob, Phase};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -342,7 +342,7 @@ async fn update_gauges(ctx: Arc<Context>, stop: CancellationToken) {
                         &ctx,
                         &pod.object_ref(&()),
                         EventType::Warning,
-                        "DuplicateServerId",
+                        reason::DUPLICATE_SERVER_ID,
                         &message,
                     )
                     .await;

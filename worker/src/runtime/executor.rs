@@ -11,6 +11,7 @@ use kube::Api;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::ClientConfig;
+use streamscan_api::names::reason;
 use streamscan_api::{
     AnalysisJob, AnalyzerName, EVENT_VERSION, EventStatus, ExecutionState, ProgressEvent, ResultSummary, Source,
 };
@@ -206,15 +207,15 @@ impl Emitter {
 }
 
 fn engine_failure(e: &EngineError) -> Failure {
-    let (reason, retriable) = match e {
-        EngineError::Io { .. } => ("SourceReadFailed", true),
-        EngineError::Analyzer(crate::engine::AnalyzerError::Retriable { .. }) => ("AnalyzerUnavailable", true),
-        EngineError::BadCheckpoint(_) => ("BadCheckpoint", true),
-        EngineError::Panicked => ("AnalysisFailed", true),
-        _ => ("AnalysisFailed", false),
+    let (why, retriable) = match e {
+        EngineError::Io { .. } => (reason::SOURCE_READ_FAILED, true),
+        EngineError::Analyzer(crate::engine::AnalyzerError::Retriable { .. }) => (reason::ANALYZER_UNAVAILABLE, true),
+        EngineError::BadCheckpoint(_) => (reason::BAD_CHECKPOINT, true),
+        EngineError::Panicked => (reason::ANALYSIS_FAILED, true),
+        _ => (reason::ANALYSIS_FAILED, false),
     };
     Failure {
-        reason: reason.into(),
+        reason: why.into(),
         message: e.to_string(),
         retriable,
     }
@@ -436,13 +437,13 @@ async fn headers_secret(
         Ok(Some(secret)) => secret,
         Ok(None) => {
             return Err(SourceError::fatal(
-                "HeadersSecretNotFound",
+                reason::HEADERS_SECRET_NOT_FOUND,
                 format!("spec.source.url.headersSecretRef: Secret {namespace}/{name} does not exist"),
             ));
         }
         Err(err) => {
             return Err(SourceError::retriable(
-                "HeadersSecretUnavailable",
+                reason::HEADERS_SECRET_UNAVAILABLE,
                 format!("reading Secret {namespace}/{name}: {err}"),
             ));
         }
@@ -470,13 +471,13 @@ async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: Cancel
         let what = format!("volume path {:?}", volume.path);
         return tokio::task::spawn_blocking(move || sources::open_file(&path, offset, &what))
             .await
-            .map_err(|e| SourceError::retriable("SourceReadFailed", e.to_string()))?;
+            .map_err(|e| SourceError::retriable(reason::SOURCE_READ_FAILED, e.to_string()))?;
     }
     if source.upload.is_some() {
         let path = shared
             .store
             .upload_path(&job.uid)
-            .map_err(|e| SourceError::fatal("UnsupportedInput", e.to_string()))?;
+            .map_err(|e| SourceError::fatal(reason::UNSUPPORTED_INPUT, e.to_string()))?;
         let deadline = tokio::time::Instant::now() + shared.upload_wait;
         loop {
             // Register before checking, so an upload finishing in between is not missed.
@@ -487,14 +488,14 @@ async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: Cancel
             tracing::info!(job = %job.name, "waiting for the upload");
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(SourceError::fatal(
-                    "UploadMissing",
+                    reason::UPLOAD_MISSING,
                     format!("no upload arrived within {} s", shared.upload_wait.as_secs()),
                 ));
             }
         }
         return sources::open_file(&path, offset, "the uploaded file");
     }
-    Err(SourceError::fatal("UnsupportedInput", "the job names no source"))
+    Err(SourceError::fatal(reason::UNSUPPORTED_INPUT, "the job names no source"))
 }
 
 async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) -> Outcome {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
+use streamscan_api::names::reason;
 use tokio::sync::mpsc;
 
 use crate::engine::pipeline::CancelToken;
@@ -56,7 +57,7 @@ pub fn resolve_volume_path(root: &Path, relative: &str) -> Result<std::path::Pat
     let rel = Path::new(relative);
     if relative.is_empty() || rel.is_absolute() {
         return Err(SourceError::fatal(
-            "PathEscapesRoot",
+            reason::PATH_ESCAPES_ROOT,
             format!("volume path {relative:?} must be a non-empty path relative to the source volume root"),
         ));
     }
@@ -65,25 +66,25 @@ pub fn resolve_volume_path(root: &Path, relative: &str) -> Result<std::path::Pat
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
         return Err(SourceError::fatal(
-            "PathEscapesRoot",
+            reason::PATH_ESCAPES_ROOT,
             format!("volume path {relative:?} contains '..': it must stay inside the source volume"),
         ));
     }
     let root = root.canonicalize().map_err(|e| {
         SourceError::retriable(
-            "SourceVolumeUnavailable",
+            reason::SOURCE_VOLUME_UNAVAILABLE,
             format!("the source volume {} cannot be read: {e}", root.display()),
         )
     })?;
     let full = root.join(rel).canonicalize().map_err(|e| {
         SourceError::fatal(
-            "SourceNotFound",
+            reason::SOURCE_NOT_FOUND,
             format!("volume path {relative:?} cannot be opened: {e}"),
         )
     })?;
     if !full.starts_with(&root) {
         return Err(SourceError::fatal(
-            "PathEscapesRoot",
+            reason::PATH_ESCAPES_ROOT,
             format!("volume path {relative:?} resolves outside the source volume (through a symbolic link)"),
         ));
     }
@@ -92,20 +93,20 @@ pub fn resolve_volume_path(root: &Path, relative: &str) -> Result<std::path::Pat
 
 /// Opens a local file (volume or upload) at `offset`.
 pub fn open_file(path: &Path, offset: u64, what: &str) -> Result<Opened, SourceError> {
-    let mut file =
-        File::open(path).map_err(|e| SourceError::fatal("SourceNotFound", format!("{what} cannot be opened: {e}")))?;
+    let mut file = File::open(path)
+        .map_err(|e| SourceError::fatal(reason::SOURCE_NOT_FOUND, format!("{what} cannot be opened: {e}")))?;
     let meta = file
         .metadata()
-        .map_err(|e| SourceError::fatal("SourceNotFound", format!("{what}: {e}")))?;
+        .map_err(|e| SourceError::fatal(reason::SOURCE_NOT_FOUND, format!("{what}: {e}")))?;
     if !meta.is_file() {
         return Err(SourceError::fatal(
-            "UnsupportedInput",
+            reason::UNSUPPORTED_INPUT,
             format!("{what} is not a regular file"),
         ));
     }
     if offset > meta.len() {
         return Err(SourceError::fatal(
-            "SourceChanged",
+            reason::SOURCE_CHANGED,
             format!(
                 "{what} is shorter ({} bytes) than the checkpoint ({offset})",
                 meta.len()
@@ -113,7 +114,7 @@ pub fn open_file(path: &Path, offset: u64, what: &str) -> Result<Opened, SourceE
         ));
     }
     file.seek(SeekFrom::Start(offset))
-        .map_err(|e| SourceError::retriable("SourceReadFailed", format!("{what}: {e}")))?;
+        .map_err(|e| SourceError::retriable(reason::SOURCE_READ_FAILED, format!("{what}: {e}")))?;
     Ok(Opened {
         reader: Box::new(file),
         total: Some(meta.len()),
@@ -151,13 +152,13 @@ pub fn headers_from_secret(
     for (key, value) in data {
         let header = HeaderName::from_bytes(key.as_bytes()).map_err(|_| {
             SourceError::fatal(
-                "InvalidHeadersSecret",
+                reason::INVALID_HEADERS_SECRET,
                 format!("Secret {name}: key {key:?} is not a valid HTTP header name"),
             )
         })?;
         let mut value = HeaderValue::from_bytes(value.trim_ascii()).map_err(|_| {
             SourceError::fatal(
-                "InvalidHeadersSecret",
+                reason::INVALID_HEADERS_SECRET,
                 format!("Secret {name}: the value of {key:?} is not a valid HTTP header value"),
             )
         })?;
@@ -191,7 +192,7 @@ async fn request(
     let response = req
         .send()
         .await
-        .map_err(|e| SourceError::retriable("SourceUnavailable", format!("fetching {url}: {e}")))?;
+        .map_err(|e| SourceError::retriable(reason::SOURCE_UNAVAILABLE, format!("fetching {url}: {e}")))?;
     let status = response.status();
     match status {
         StatusCode::PARTIAL_CONTENT if offset > 0 => {
@@ -209,11 +210,14 @@ async fn request(
             // The server ignored the Range: the caller skips to `offset`.
             Ok((response, 0, total))
         }
-        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => Err(
-            SourceError::retriable("SourceUnavailable", format!("fetching {url}: the server answered {s}")),
-        ),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
+            Err(SourceError::retriable(
+                reason::SOURCE_UNAVAILABLE,
+                format!("fetching {url}: the server answered {s}"),
+            ))
+        }
         s => Err(SourceError::fatal(
-            "SourceNotFound",
+            reason::SOURCE_NOT_FOUND,
             format!("fetching {url}: the server answered {s}"),
         )),
     }
@@ -405,13 +409,17 @@ mod tests {
         assert!(resolve_volume_path(root.path(), "inner").is_ok());
         for bad in ["../x", "d/../../x", "/etc/passwd", ""] {
             let e = resolve_volume_path(root.path(), bad).err().ok_or("accepted")?;
-            assert_eq!((e.reason, e.retriable), ("PathEscapesRoot", false), "{bad}: {e}");
+            assert_eq!(
+                (e.reason, e.retriable),
+                (reason::PATH_ESCAPES_ROOT, false),
+                "{bad}: {e}"
+            );
         }
         let e = resolve_volume_path(root.path(), "d/link").err().ok_or("accepted")?;
-        assert_eq!(e.reason, "PathEscapesRoot");
+        assert_eq!(e.reason, reason::PATH_ESCAPES_ROOT);
         assert!(e.message.contains("symbolic link"), "{e}");
         let e = resolve_volume_path(root.path(), "missing").err().ok_or("accepted")?;
-        assert_eq!((e.reason, e.retriable), ("SourceNotFound", false));
+        assert_eq!((e.reason, e.retriable), (reason::SOURCE_NOT_FOUND, false));
         Ok(())
     }
 
@@ -424,7 +432,10 @@ mod tests {
         let mut s = String::new();
         opened.reader.read_to_string(&mut s)?;
         assert_eq!((s.as_str(), opened.total), ("456789", Some(10)));
-        assert_eq!(open_file(&path, 11, "f").err().map(|e| e.reason), Some("SourceChanged"));
+        assert_eq!(
+            open_file(&path, 11, "f").err().map(|e| e.reason),
+            Some(reason::SOURCE_CHANGED)
+        );
         Ok(())
     }
 }
