@@ -334,6 +334,26 @@ async fn lifecycle_running_success_events_and_finalizer() -> TestResult {
     assert_eq!(condition(&job, "Complete").map(|c| c.status.as_str()), Some("True"));
     assert!(status(&job).completion_time.is_some());
     h.wait_event("happy", "Completed").await?;
+
+    // Observability: every reconcile is timed, and what it logs carries the job's span.
+    let log = h.log("controller");
+    let ops = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["ops_addr"].as_str().map(str::to_owned))
+        .ok_or("the controller logs where its ops endpoints are")?;
+    let metrics = reqwest::get(format!("http://{ops}/metrics")).await?.text().await?;
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("streamscan_controller_reconcile_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .ok_or("no reconcile_seconds histogram")?;
+    assert!(count >= 3, "reconciles timed: {count}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(r#""name":"reconcile""#) && l.contains(r#""job":"happy""#)),
+        "no log line in the reconcile span of job happy"
+    );
     Ok(())
 }
 

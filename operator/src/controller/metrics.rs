@@ -28,6 +28,7 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabels, Counter>,
     pub jobs: Family<PhaseLabels, Gauge>,
     pub placement_seconds: Histogram,
+    pub reconcile_seconds: Histogram,
     pub free_capacity: Family<ServerLabels, Gauge>,
     pub duplicate_server_ids: Gauge,
     pub waiting_jobs: Gauge,
@@ -40,6 +41,8 @@ impl Metrics {
             reconciles: Family::default(),
             jobs: Family::default(),
             placement_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            // 1 ms to about 33 s.
+            reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             free_capacity: Family::default(),
             duplicate_server_ids: Gauge::default(),
             waiting_jobs: Gauge::default(),
@@ -56,6 +59,11 @@ impl Metrics {
             "placement_seconds",
             "Time from a job's creation to its first placement",
             m.placement_seconds.clone(),
+        );
+        r.register(
+            "reconcile_seconds",
+            "Time one reconcile takes, API writes included",
+            m.reconcile_seconds.clone(),
         );
         r.register(
             "server_free_capacity",

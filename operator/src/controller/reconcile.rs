@@ -88,7 +88,23 @@ pub fn error_policy(_job: Arc<AnalysisJob>, err: &Error, ctx: Arc<Context>) -> A
     }
 }
 
+/// One reconcile, in a span naming the job, timed into `reconcile_seconds`.
 pub async fn reconcile(job: Arc<AnalysisJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "reconcile",
+        job = %job.name_any(),
+        namespace = job.namespace().as_deref().unwrap_or_default(),
+        phase = job.phase().as_str(),
+    );
+    let started = std::time::Instant::now();
+    let metrics = ctx.metrics.clone();
+    let result = reconcile_job(job, ctx).instrument(span).await;
+    metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_job(job: Arc<AnalysisJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     ensure_seeded(&ctx).await?;
     let uid = job.uid().ok_or(Error::Missing("metadata.uid"))?;
     let namespace = job.namespace().ok_or(Error::Missing("metadata.namespace"))?;

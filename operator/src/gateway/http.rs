@@ -65,7 +65,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), limit_headers))
+        .layer(middleware::from_fn(request_span))
         .with_state(state)
+}
+
+/// Each request in a span (method and route, not the raw path: it carries job names), its status
+/// and duration logged at debug.
+async fn request_span(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(unmatched)", axum::extract::MatchedPath::as_str)
+        .to_owned();
+    let span = tracing::info_span!("request", method = %request.method(), route = %route);
+    let started = std::time::Instant::now();
+    async move {
+        let response = next.run(request).await;
+        tracing::debug!(
+            status = response.status().as_u16(),
+            millis = started.elapsed().as_millis(),
+            "request served"
+        );
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 /// Refuses requests whose headers exceed the configured size (431).

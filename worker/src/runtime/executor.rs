@@ -268,7 +268,14 @@ pub async fn run(shared: Arc<Shared>, job: JobInfo, control: Arc<Control>) {
     let Ok(_permit) = permit else { return };
     shared.metrics.running.inc();
     shared.metrics.started.inc();
-    let outcome = attempt(&shared, &job, &control).await;
+    let span = tracing::info_span!(
+        "attempt",
+        job = %job.name,
+        namespace = %job.namespace,
+        attempt = job.attempt.attempt,
+        event_id = %job.attempt.event_id,
+    );
+    let outcome = tracing::Instrument::instrument(attempt(&shared, &job, &control), span).await;
     shared.metrics.running.dec();
     match outcome {
         Outcome::Succeeded => shared.metrics.succeeded.inc(),
