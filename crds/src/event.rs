@@ -47,6 +47,16 @@ impl EventStatus {
     }
 }
 
+/// Longest identifier (userId, eventId, serverId, analyzeId, namespace, name) an event may carry:
+/// a Kubernetes name's limit.
+pub const MAX_ID_BYTES: usize = 253;
+/// Longest `reason`.
+pub const MAX_REASON_BYTES: usize = 256;
+/// Longest `message`.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
+/// Largest encoded event a consumer accepts.
+pub const MAX_EVENT_BYTES: usize = 128 << 10;
+
 /// One progress event of one attempt of one analysis.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +124,12 @@ pub enum EventError {
 impl ProgressEvent {
     /// Parses and checks an event: JSON shape, version, and the invariants the schema cannot say.
     pub fn from_slice(payload: &[u8]) -> Result<Self, EventError> {
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(EventError::Invalid {
+                field: "(event)",
+                problem: "is larger than 128 KiB",
+            });
+        }
         // Read the version first so a newer writer gets a version error, not a field error.
         #[derive(Deserialize)]
         struct Versioned {
@@ -143,6 +159,29 @@ impl ProgressEvent {
             if value.is_empty() {
                 return invalid(field, "must not be empty");
             }
+        }
+        // Identifiers end up in SSE `id:` lines, Redis keys and log fields: bounded, and no
+        // control characters (a newline would split an SSE frame).
+        for (field, value, max) in [
+            ("userId", &self.user_id, MAX_ID_BYTES),
+            ("eventId", &self.event_id, MAX_ID_BYTES),
+            ("serverId", &self.server_id, MAX_ID_BYTES),
+            ("analyzeId", &self.analyze_id, MAX_ID_BYTES),
+            ("namespace", &self.namespace, MAX_ID_BYTES),
+            ("name", &self.name, MAX_ID_BYTES),
+        ] {
+            if value.len() > max {
+                return invalid(field, "is longer than 253 bytes");
+            }
+            if value.chars().any(char::is_control) {
+                return invalid(field, "must not contain control characters");
+            }
+        }
+        if self.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+            return invalid("reason", "is longer than 256 bytes");
+        }
+        if self.message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE_BYTES) {
+            return invalid("message", "is longer than 64 KiB");
         }
         if self.attempt == 0 {
             return invalid("attempt", "must be 1 or more");
@@ -232,6 +271,34 @@ mod tests {
         let mut e = sample();
         e.event_id.clear();
         assert!(matches!(e.check(), Err(EventError::Invalid { field: "eventId", .. })));
+    }
+
+    #[test]
+    fn refuses_control_characters_and_oversized_fields() {
+        let mut e = sample();
+        e.event_id = "ev\nid: forged".into();
+        assert!(matches!(e.check(), Err(EventError::Invalid { field: "eventId", .. })));
+        let mut e = sample();
+        e.user_id = "a".repeat(MAX_ID_BYTES + 1);
+        assert!(matches!(e.check(), Err(EventError::Invalid { field: "userId", .. })));
+        let mut e = sample();
+        e.name = "x\u{7}".into();
+        assert!(matches!(e.check(), Err(EventError::Invalid { field: "name", .. })));
+        let mut e = sample();
+        e.reason = Some("R".repeat(MAX_REASON_BYTES + 1));
+        assert!(matches!(e.check(), Err(EventError::Invalid { field: "reason", .. })));
+        let mut e = sample();
+        e.message = Some("m".repeat(MAX_MESSAGE_BYTES + 1));
+        assert!(matches!(e.check(), Err(EventError::Invalid { field: "message", .. })));
+        let mut e = sample();
+        e.user_id = "alice@example.com".into();
+        e.message = Some("é".repeat(1000));
+        assert!(e.check().is_ok(), "ordinary values pass");
+        let huge = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert!(matches!(
+            ProgressEvent::from_slice(&huge),
+            Err(EventError::Invalid { field: "(event)", .. })
+        ));
     }
 
     #[test]

@@ -520,8 +520,12 @@ async fn websocket_and_sse_receive_events_in_order_and_resume_without_gap_or_rep
 
     let mut ws = ws_connect(&gw, "fw", &alice, None).await?;
     let mut sse = Sse::connect(&h, &gw, "fw", &alice, None).await?;
-    // A malformed record first: refused, counted, and the stream goes on.
+    // Malformed records first: refused, counted, and the stream goes on. A newline in an id would
+    // split the SSE frame of every replay.
     h.kafka.send(&job.uid().unwrap_or_default(), b"{not json").await?;
+    let mut forged = s.at(0, 9);
+    forged.event_id = "ev-1\nid: forged".into();
+    h.send(&forged).await?;
     let sent: Vec<ProgressEvent> = (0..6).map(|i| s.at(i, 9)).collect();
     for e in &sent {
         h.send(e).await?;
@@ -533,7 +537,7 @@ async fn websocket_and_sse_receive_events_in_order_and_resume_without_gap_or_rep
         assert_eq!(id, format!("ev-1:{}", e.seq));
         assert_eq!(data, serde_json::to_string(e)?, "SSE data must be the exact Kafka JSON");
     }
-    assert!(gw.metric("streamscan_gateway_events_malformed_total").await? >= 1.0);
+    assert!(gw.metric("streamscan_gateway_events_malformed_total").await? >= 2.0);
 
     // Reconnect after seq 2 (WebSocket) and after seq 4 (SSE Last-Event-ID): history, then live.
     drop(ws);

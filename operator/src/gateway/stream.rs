@@ -306,9 +306,13 @@ async fn websocket(
     let mut last_heard = Instant::now();
     let send_timeout = heartbeat * 2;
     let close = |code: u16, reason: String| {
-        // Close reasons are limited to 123 bytes.
+        // Close reasons are limited to 123 bytes; cut at a character boundary.
         let mut reason = reason;
-        reason.truncate(120);
+        let mut end = reason.len().min(120);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
         Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
