@@ -80,4 +80,5 @@ pub mod reason {
     pub const BAD_CHECKPOINT: &str = "BadCheckpoint";
     pub const ANALYZER_UNAVAILABLE: &str = "AnalyzerUnavailable";
     pub const ANALYZER_FAILED: &str = "AnalyzerFailed";
+    pub const DIGEST_MISMATCH: &str = "DigestMismatch";
 }

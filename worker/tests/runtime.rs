@@ -1121,8 +1121,56 @@ async fn an_uploaded_file_is_analysed_and_uploads_are_checked() -> Res<()> {
         StatusCode::CONFLICT
     );
     let done = h.wait_state("up", ExecutionState::Succeeded).await?;
-    assert_eq!(done.status.and_then(|s| s.result).and_then(|r| r.sha256), Some(sha));
+    assert_eq!(
+        done.status.and_then(|s| s.result).and_then(|r| r.sha256),
+        Some(sha.clone())
+    );
     check_stream(&h.events("up-e1").await?, EventStatus::Completed);
+    // Analysed: the upload is gone from the data directory, and cannot be sent again.
+    let uploads = h.data_dir("s1").join("uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)?.collect::<Result<_, _>>()?;
+    assert!(left.is_empty(), "uploads left behind: {left:?}");
+    assert_eq!(
+        put(uid.clone(), data.clone(), Some(sha)).await?.status(),
+        StatusCode::CONFLICT,
+        "a second upload after the analysis"
+    );
+    Ok(())
+}
+
+/// An upload that fails for good (its file is not the one the job names) is deleted with the
+/// failure: the data directory keeps nothing of the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatally_failed_upload_leaves_nothing_behind() -> Res<()> {
+    let h = Harness::start().await?;
+    let data = test_file(8);
+    let (_worker, base) = h.worker("s1", "s1", &[]).await?;
+    let job = h
+        .job(
+            "bad-up",
+            "s1",
+            json!({"upload": {"sha256": "0".repeat(64)}}),
+            &["digest"],
+        )
+        .await?;
+    let uid = job.metadata.uid.clone().ok_or("uid")?;
+    let r = h
+        .http
+        .put(format!("{base}/uploads/{uid}"))
+        .bearer_auth(TOKEN)
+        .body(data)
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let failed = h.wait_state("bad-up", ExecutionState::Failed).await?;
+    let execution = failed.status.and_then(|s| s.execution).ok_or("execution")?;
+    assert_eq!(
+        (execution.reason.as_deref(), execution.retriable),
+        (Some("DigestMismatch"), Some(false))
+    );
+    let uploads = h.data_dir("s1").join("uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)?.collect::<Result<_, _>>()?;
+    assert!(left.is_empty(), "uploads left behind: {left:?}");
     Ok(())
 }
 

@@ -697,7 +697,7 @@ async fn succeed(
         && sha.as_deref().is_none_or(|got| !got.eq_ignore_ascii_case(expected))
     {
         let failure = Failure {
-            reason: "DigestMismatch".into(),
+            reason: reason::DIGEST_MISMATCH.into(),
             message: format!(
                 "the file's SHA-256 is {}, the job expects {expected}",
                 sha.as_deref().unwrap_or("unknown")
@@ -757,6 +757,10 @@ async fn succeed(
     if let Err(err) = shared.store.clear_work(&job.uid) {
         tracing::warn!(%err, job = %job.name, "cannot delete the checkpoint");
     }
+    // The result is stored: no attempt needs the uploaded file any more.
+    if let Err(err) = shared.store.delete_upload(&job.uid) {
+        tracing::warn!(%err, job = %job.name, "cannot delete the uploaded file");
+    }
     tracing::info!(job = %job.name, bytes, digest = %summary.report_digest, "analysis succeeded");
     Outcome::Succeeded
 }
@@ -792,6 +796,13 @@ async fn fail(
     }
     if let Err(err) = shared.store.discard_attempt(&job.uid) {
         tracing::warn!(%err, job = %job.name, "cannot delete this attempt's files");
+    }
+    // A fatal failure is not retried: its upload can go. A retriable one keeps it for the next
+    // attempt; job deletion removes it at the latest.
+    if !failure.retriable
+        && let Err(err) = shared.store.delete_upload(&job.uid)
+    {
+        tracing::warn!(%err, job = %job.name, "cannot delete the uploaded file");
     }
     if let Err(err) = writer.ended(ExecutionState::Failed, &failure).await {
         tracing::warn!(%err, job = %job.name, "cannot write the failure");

@@ -102,6 +102,10 @@ async fn delete_result(State(state): State<HttpState>, Path(id): Path<String>) -
     if check_id(&id).is_err() {
         return error(StatusCode::NOT_FOUND, "no such result");
     }
+    // Called when the job is deleted (the controller's cleanup): its upload, if any, goes too.
+    if let Err(err) = state.store.delete_upload(&id) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
+    }
     match state.store.delete_result(&id) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "no such result"),
@@ -120,6 +124,10 @@ async fn put_upload(
     };
     if path.exists() {
         return error(StatusCode::CONFLICT, "this job's file was already uploaded");
+    }
+    // Its upload was analysed and deleted: another would only fill the disk.
+    if state.store.has_result(&id).unwrap_or(false) {
+        return error(StatusCode::CONFLICT, "this job was already analysed");
     }
     let expected = headers
         .get(UPLOAD_DIGEST_HEADER)

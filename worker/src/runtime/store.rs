@@ -263,6 +263,18 @@ impl Store {
         remove(&self.digest_path(uid)?)?;
         Ok(existed)
     }
+
+    /// Deletes a job's uploaded file, once no attempt can need it (the job succeeded, failed for
+    /// good, or is deleted).
+    pub fn delete_upload(&self, uid: &str) -> Result<(), StoreError> {
+        remove(&self.upload_path(uid)?)?;
+        Ok(())
+    }
+
+    /// Whether a result is stored for the job.
+    pub fn has_result(&self, uid: &str) -> Result<bool, StoreError> {
+        Ok(self.result_path(uid)?.exists())
+    }
 }
 
 #[cfg(test)]
