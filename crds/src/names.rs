@@ -22,6 +22,9 @@ pub const ANNOTATION_HTTP_PORT: &str = "streamscan.io/http-port";
 /// The worker's HTTP port when its pod has no [`ANNOTATION_HTTP_PORT`] (the worker's default
 /// `--http-addr` port).
 pub const DEFAULT_WORKER_HTTP_PORT: u16 = 8080;
+/// Secret label that lets a url source's `headersSecretRef` name the Secret (value `true`): no
+/// other Secret is ever read for request headers.
+pub const LABEL_URL_HEADERS: &str = "streamscan.io/url-headers";
 /// Job annotation holding the gateway's idempotency key of the request that created it.
 pub const ANNOTATION_IDEMPOTENCY_KEY: &str = "streamscan.io/idempotency-key";
 
@@ -81,4 +84,5 @@ pub mod reason {
     pub const ANALYZER_UNAVAILABLE: &str = "AnalyzerUnavailable";
     pub const ANALYZER_FAILED: &str = "AnalyzerFailed";
     pub const DIGEST_MISMATCH: &str = "DigestMismatch";
+    pub const HEADERS_SECRET_NOT_ALLOWED: &str = "HeadersSecretNotAllowed";
 }

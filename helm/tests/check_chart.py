@@ -77,7 +77,7 @@ NON_DEFAULT = {
                 "auth": {"jwtSecret": "jwks", "jwtSecretKey": "public.pem", "jwtAlgorithm": "ES256",
                          "jwtIssuer": "https://id.example.com", "jwtAudience": "streamscan"},
                 "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "scan", "effect": "NoSchedule"}]},
-    "worker": {"replicas": 5, "maxReplicas": 8, "capacity": 8, "httpPort": 9090,
+    "worker": {"replicas": 5, "maxReplicas": 8, "capacity": 8, "httpPort": 9090, "urlHeadersSecrets": True,
                "poolLabels": {"streamscan.io/pool": "large"},
                "dataVolume": {"size": "500Gi", "storageClassName": "fast-ssd"},
                "sourceVolume": {"enabled": True, "claimName": "firmware-images"},
@@ -138,9 +138,7 @@ CALLS = {
     # StatefulSet's pod names (not implemented in the worker yet; see helm/README.md).
     "worker": {
         "jobs": {("streamscan.io", "analysisjobs"): {"get", "list", "watch"},
-                 ("streamscan.io", "analysisjobs/status"): {"patch"},
-                 # headersSecretRef of url sources (worker/src/runtime/executor.rs headers_secret).
-                 ("", "secrets"): {"get"}},
+                 ("streamscan.io", "analysisjobs/status"): {"patch"}},
         "local": {("", "pods"): {"patch"}},
     },
     # operator/src/gateway: jobs.rs (create; get_opt on a repeated idempotency key and GET; list;
@@ -233,12 +231,16 @@ def rbac_rules(objs: list[dict], release_ns: str, jobs_ns: str, fullname: str) -
     return out, resource_names
 
 
-def expected_calls(jobs_ns: str, release_ns: str) -> dict:
+def expected_calls(jobs_ns: str, release_ns: str, url_headers_secrets: bool = False) -> dict:
     exp = json.loads(json.dumps({c: {s: {f"{g}|{r}": sorted(v) for (g, r), v in rules.items()}
                                      for s, rules in scopes.items()} for c, scopes in CALLS.items()}))
     if jobs_ns != release_ns:
         # Events about worker pods (DuplicateServerId) are recorded in the release namespace.
         exp["controller"]["local"]["events.k8s.io|events"] = ["create", "patch"]
+    if url_headers_secrets:
+        # headersSecretRef of url sources (worker/src/runtime/executor.rs headers_secret), only
+        # with worker.urlHeadersSecrets; the worker reads only Secrets labeled for it.
+        exp["worker"]["jobs"]["|secrets"] = ["get"]
     return exp
 
 
@@ -250,7 +252,8 @@ def normalise(rules: dict) -> dict:
 def check_rendered(objs: list[dict], values: dict, release_ns: str, fullname: str) -> None:
     jobs_ns = values.get("watchNamespace") or release_ns
     got, names = rbac_rules(objs, release_ns, jobs_ns, fullname)
-    want = expected_calls(jobs_ns, release_ns)
+    w = values["worker"] if "worker" in values else {}
+    want = expected_calls(jobs_ns, release_ns, bool(w.get("urlHeadersSecrets")))
     assert normalise(got) == want, f"RBAC differs from the calls table:\n got  {normalise(got)}\n want {want}"
     w = values["worker"] if "worker" in values else {}
     replicas, max_replicas = w.get("replicas", 3), w.get("maxReplicas", 0)
@@ -416,9 +419,12 @@ def check_real_install() -> None:
                                     allowed = kubectl(*args, token=token, ok=False).stdout.strip() == "yes"
                                     if allowed != want:
                                         wrong.append(f"{component} {verb} {obj}: {'allowed' if allowed else 'refused'}")
-                    # Nothing cluster-wide, and no Secrets but the worker's get.
+                    # Nothing cluster-wide, and no Secret at all with the default values (the worker's
+                    # get on Secrets comes only with worker.urlHeadersSecrets).
                     if kubectl("auth", "can-i", "list", "secrets", "-n", "default", token=token, ok=False).stdout.strip() == "yes":
                         wrong.append(f"{component} may list Secrets in another namespace")
+                    if kubectl("auth", "can-i", "get", "secrets", "-n", "streamscan", token=token, ok=False).stdout.strip() == "yes":
+                        wrong.append(f"{component} may read Secrets by default")
                 assert not wrong, wrong
         finally:
             subprocess.run([kube, "stop", f"{tmp}/kube"], env=env, capture_output=True)
@@ -525,6 +531,7 @@ def main() -> int:
             assert genv["STREAMSCAN_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "uri"}
             wk = find(objs, "StatefulSet", "scan-worker")["spec"]["template"]["spec"]
             wargs = wk["containers"][0]["args"]
+            assert "--url-headers-secrets=true" in wargs and "--allow-url-headers-secrets=true" in args
             assert "--kafka-username=streamscan-worker" in wargs and "--kafka-password-file=/var/run/secrets/streamscan/kafka-user/password" in wargs
             vols = {v["name"]: v for v in wk["volumes"]}
             assert vols["kafka-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]

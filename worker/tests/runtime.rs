@@ -1252,30 +1252,77 @@ async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
     Ok(())
 }
 
-/// `headersSecretRef`: the Secret's keys and values are sent as request headers; a missing
-/// Secret fails the job as fatal with a reason naming it.
+/// `headersSecretRef`, allowed on the worker: a Secret labeled `streamscan.io/url-headers=true`
+/// has its keys and values sent as request headers. Any other Secret (here one holding an
+/// internal token) is treated as missing: the job fails fatally with the same reason and message
+/// as for a Secret that does not exist, and nothing of the Secret (not its keys) reaches the CR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn url_headers_come_from_the_referenced_secret() -> Res<()> {
+async fn url_headers_come_only_from_secrets_labeled_for_them() -> Res<()> {
     use k8s_openapi::api::core::v1::Secret;
     let h = Harness::start().await?;
     h.files.add("private.bin", test_file(7));
     let secrets: Api<Secret> = Api::namespaced(h.jobs.clone().into_client(), "default");
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fw-headers"},
-        "data": {"x-api-key": "azN5"},
-    }))?;
-    secrets.create(&PostParams::default(), &secret).await?;
-    let (_worker, _base) = h.worker("s1", "s1", &[]).await?;
+    for (name, labels) in [
+        ("fw-headers", json!({"streamscan.io/url-headers": "true"})),
+        ("internal", json!({})),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": labels},
+            "data": {"x-api-key": "azN5", "x-internal-token-key": "c2VjcmV0"},
+        }))?;
+        secrets.create(&PostParams::default(), &secret).await?;
+    }
+    let (_worker, _base) = h.worker("s1", "s1", &["--url-headers-secrets", "true"]).await?;
     let source =
         |secret: &str| json!({"url": {"location": h.url("auth", "private.bin"), "headersSecretRef": {"name": secret}}});
     h.job("with-key", "s1", source("fw-headers"), &["digest"]).await?;
     h.job("no-secret", "s1", source("missing"), &["digest"]).await?;
+    h.job("not-labeled", "s1", source("internal"), &["digest"]).await?;
     h.wait_state("with-key", ExecutionState::Succeeded).await?;
-    let failed = h.wait_state("no-secret", ExecutionState::Failed).await?;
+    let mut messages = Vec::new();
+    for (name, secret) in [("no-secret", "missing"), ("not-labeled", "internal")] {
+        let failed = h.wait_state(name, ExecutionState::Failed).await?;
+        let execution = failed.status.and_then(|s| s.execution).ok_or("no execution")?;
+        assert_eq!(execution.reason.as_deref(), Some("HeadersSecretNotFound"), "{name}");
+        assert_eq!(execution.retriable, Some(false));
+        let message = execution.message.unwrap_or_default();
+        assert!(message.contains(&format!("default/{secret}")), "{message}");
+        assert!(
+            !message.contains("x-internal-token-key"),
+            "a key of a Secret not allowed: {message}"
+        );
+        messages.push(message.replace(secret, "<name>"));
+    }
+    assert_eq!(messages[0], messages[1], "an unlabeled Secret looks missing");
+    Ok(())
+}
+
+/// With the worker's default (`--url-headers-secrets false`), no Secret is read: the job fails
+/// fatally and says how to allow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_headers_secrets_are_off_by_default() -> Res<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let h = Harness::start().await?;
+    let secrets: Api<Secret> = Api::namespaced(h.jobs.clone().into_client(), "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "fw-headers", "labels": {"streamscan.io/url-headers": "true"}},
+        "data": {"x-api-key": "azN5"},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let (_worker, _base) = h.worker("s1", "s1", &[]).await?;
+    let source = json!({"url": {"location": h.url("auth", "private.bin"), "headersSecretRef": {"name": "fw-headers"}}});
+    h.job("off", "s1", source, &["digest"]).await?;
+    let failed = h.wait_state("off", ExecutionState::Failed).await?;
     let execution = failed.status.and_then(|s| s.execution).ok_or("no execution")?;
-    assert_eq!(execution.reason.as_deref(), Some("HeadersSecretNotFound"));
+    assert_eq!(execution.reason.as_deref(), Some("HeadersSecretNotAllowed"));
     assert_eq!(execution.retriable, Some(false));
-    assert!(execution.message.unwrap_or_default().contains("default/missing"));
+    assert!(
+        execution
+            .message
+            .unwrap_or_default()
+            .contains("worker.urlHeadersSecrets=true")
+    );
     Ok(())
 }
 

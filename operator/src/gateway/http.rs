@@ -34,6 +34,8 @@ pub struct Settings {
     pub max_ws_message_bytes: usize,
     pub max_upload_bytes: u64,
     pub placement_timeout: Duration,
+    /// Whether jobs may name a `headersSecretRef`.
+    pub allow_url_headers_secrets: bool,
 }
 
 pub struct AppState {

@@ -214,6 +214,15 @@ pub async fn create_job(
     fields.insert("userId".into(), json!(caller.user));
     let spec: AnalysisJobSpec = serde_json::from_value(spec)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid spec: {e}")))?;
+    if !state.settings.allow_url_headers_secrets
+        && spec.source.url.as_ref().is_some_and(|u| u.headers_secret_ref.is_some())
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "spec.source.url.headersSecretRef is not allowed on this gateway (Helm value \
+             worker.urlHeadersSecrets=true allows Secrets labeled streamscan.io/url-headers=true)",
+        ));
+    }
     let name = match (&request.metadata.name, key) {
         (Some(name), _) => name.clone(),
         (None, Some(key)) => idempotent_name(&caller.user, key),

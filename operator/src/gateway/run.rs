@@ -84,6 +84,9 @@ pub struct GatewayArgs {
     /// Seconds an upload waits for the controller to place its job.
     #[arg(long, default_value_t = 60)]
     pub placement_timeout_seconds: u64,
+    /// Accept jobs whose url source names a `headersSecretRef` (the workers must allow it too).
+    #[arg(long, env = "STREAMSCAN_ALLOW_URL_HEADERS_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_url_headers_secrets: bool,
     /// This replica's identity (default: the pod name, else a random id); names its consumer group.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -166,6 +169,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
             max_ws_message_bytes: args.max_ws_message_bytes,
             max_upload_bytes: args.max_upload_bytes,
             placement_timeout: Duration::from_secs(args.placement_timeout_seconds),
+            allow_url_headers_secrets: args.allow_url_headers_secrets,
         },
         shutdown: shutdown.clone(),
     });

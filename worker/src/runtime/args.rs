@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// How long a job whose source is an upload waits for the file.
     #[arg(long, default_value_t = 900)]
     pub upload_wait_seconds: u64,
+    /// Let url sources take request headers from a Secret (`headersSecretRef`), in the job's
+    /// namespace, carrying the label `streamscan.io/url-headers=true`. Off: such jobs fail with
+    /// `HeadersSecretNotAllowed`.
+    #[arg(long, env = "STREAMSCAN_URL_HEADERS_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub url_headers_secrets: bool,
     /// Time allowed after SIGTERM to stop jobs and flush events.
     #[arg(long, default_value_t = 25)]
     pub shutdown_grace_seconds: u64,

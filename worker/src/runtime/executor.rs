@@ -127,6 +127,8 @@ pub struct Shared {
     pub progress_interval: Duration,
     pub upload_wait: Duration,
     pub shutdown_grace: Duration,
+    /// Whether `headersSecretRef` may be read (labeled Secrets only).
+    pub url_headers_secrets: bool,
 }
 
 /// The job fields an attempt needs.
@@ -432,22 +434,34 @@ fn cancelled_event(e: &mut ProgressEvent) {
     e.message = Some(f.message);
 }
 
-/// The request headers of a url source, read from the Secret `name` in the job's namespace.
+/// The request headers of a url source, read from the Secret `name` in the job's namespace, if
+/// the worker allows it and the Secret opts in (label `streamscan.io/url-headers=true`). A Secret
+/// that does not opt in is treated as missing, and nothing about it (not even its keys) is said.
 async fn headers_secret(
     shared: &Shared,
     namespace: &str,
     name: &str,
 ) -> Result<reqwest::header::HeaderMap, SourceError> {
     use k8s_openapi::api::core::v1::Secret;
+    use streamscan_api::names::LABEL_URL_HEADERS;
+    if !shared.url_headers_secrets {
+        return Err(SourceError::fatal(
+            reason::HEADERS_SECRET_NOT_ALLOWED,
+            "spec.source.url.headersSecretRef: this installation does not send request headers from \
+             Secrets (Helm value worker.urlHeadersSecrets=true allows Secrets labeled \
+             streamscan.io/url-headers=true)",
+        ));
+    }
+    let not_found = || {
+        SourceError::fatal(
+            reason::HEADERS_SECRET_NOT_FOUND,
+            format!("spec.source.url.headersSecretRef: no Secret {namespace}/{name} labeled {LABEL_URL_HEADERS}=true"),
+        )
+    };
     let secrets: kube::Api<Secret> = kube::Api::namespaced(shared.jobs.clone().into_client(), namespace);
     let secret = match secrets.get_opt(name).await {
         Ok(Some(secret)) => secret,
-        Ok(None) => {
-            return Err(SourceError::fatal(
-                reason::HEADERS_SECRET_NOT_FOUND,
-                format!("spec.source.url.headersSecretRef: Secret {namespace}/{name} does not exist"),
-            ));
-        }
+        Ok(None) => return Err(not_found()),
         Err(err) => {
             return Err(SourceError::retriable(
                 reason::HEADERS_SECRET_UNAVAILABLE,
@@ -455,6 +469,15 @@ async fn headers_secret(
             ));
         }
     };
+    let opted_in = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_URL_HEADERS))
+        .is_some_and(|v| v == "true");
+    if !opted_in {
+        return Err(not_found());
+    }
     let data = secret
         .data
         .unwrap_or_default()

@@ -129,6 +129,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         throttle: args.throttle_bytes_per_sec,
         progress_interval: Duration::from_millis(args.progress_interval_ms),
         upload_wait: Duration::from_secs(args.upload_wait_seconds),
+        url_headers_secrets: args.url_headers_secrets,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
     });
     // Returns after SIGTERM once every attempt stopped and flushed (each bounded by the grace
