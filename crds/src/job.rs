@@ -160,7 +160,9 @@ pub struct UrlSource {
     #[x_kube(validation = sha256_rule())]
     #[schemars(length(max = 64))]
     pub sha256: Option<String>,
-    /// A Secret in the job's namespace whose keys are sent as HTTP request headers.
+    /// A Secret in the job's namespace whose keys are sent as HTTP request headers. Only when the
+    /// installation allows it (Helm value worker.urlHeadersSecrets), and only a Secret labeled
+    /// streamscan.io/url-headers=true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers_secret_ref: Option<SecretReference>,
 }
