@@ -113,7 +113,20 @@ async fn delete_result(State(state): State<HttpState>, Path(id): Path<String>) -
     }
 }
 
-async fn put_upload(
+/// A refused upload may leave its body unread (an oversized one stops at the limit): the
+/// response says `Connection: close`, so the client does not send its next request on a
+/// connection the server is about to drop.
+async fn put_upload(state: State<HttpState>, id: Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let mut response = receive_upload(state, id, headers, body).await;
+    if !response.status().is_success() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn receive_upload(
     State(state): State<HttpState>,
     Path(id): Path<String>,
     headers: HeaderMap,
