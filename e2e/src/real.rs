@@ -171,15 +171,11 @@ impl ControlPlane {
     /// Stops the API server and starts it again on the same port and etcd (clients see a
     /// connection refused, then the same data).
     pub fn restart_apiserver(&self) -> Result<(), RealError> {
-        script(
-            "kube.sh",
-            &["restart-apiserver", &self.dir.path().display().to_string()],
-        )?;
-        Ok(())
+        let switch = self.apiserver_switch();
+        switch.stop()?;
+        switch.start()
     }
-}
 
-impl ControlPlane {
     /// Stops and starts this control plane's API server (from any thread).
     pub fn apiserver_switch(&self) -> ApiServerSwitch {
         ApiServerSwitch {

@@ -543,6 +543,9 @@ async fn apiserver_down_mid_job() -> Res {
             env.wait_progress("api-down").await?;
             let before = ws.events().len();
             env.stack()?.api.stop().await?;
+            if env.jobs.get("api-down").await.is_ok() {
+                return Err("the API server still answers after it was stopped".into());
+            }
             // The job goes on without the API server: its events still reach the WebSocket
             // client through Kafka and the gateway (a second's worth at 250 ms per event).
             ws.wait("events while the API server is down", |e, _| e.len() >= before + 4)

@@ -7,13 +7,12 @@
 #   kube.sh start DIR PORT   start everything, wait until /readyz; prints DIR/kubeconfig (admin,
 #                            system:masters). Pids in DIR/*.pid; logs in DIR/*.log.
 #   kube.sh stop DIR [apiserver]   stop everything (or only the API server, for a restart).
-#   kube.sh restart-apiserver DIR  start the API server again on the same port and etcd.
-#   kube.sh start-apiserver DIR    start the API server stopped by `stop DIR apiserver`.
+#   kube.sh start-apiserver DIR    start the API server again on the same port and etcd.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
 cmd="${1:-}"; dir="${2:-}"
-if [ -z "$cmd" ] || [ -z "$dir" ]; then echo "usage: $0 start DIR PORT | stop DIR [apiserver] | restart-apiserver DIR | start-apiserver DIR" >&2; exit 2; fi
+if [ -z "$cmd" ] || [ -z "$dir" ]; then echo "usage: $0 start DIR PORT | stop DIR [apiserver] | start-apiserver DIR" >&2; exit 2; fi
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
@@ -117,11 +116,6 @@ KC
   wait_for controller-manager 60 curl -skf "https://127.0.0.1:$((port + 3))/healthz"
   echo "$dir/kubeconfig"
   ;;
-restart-apiserver)
-  bin="$(cat "$dir/bin")"
-  stop_one apiserver
-  start_apiserver
-  ;;
 start-apiserver)
   bin="$(cat "$dir/bin")"
   alive apiserver || start_apiserver
@@ -131,5 +125,5 @@ stop)
   [ "$(cat "$dir/watchdog.pid" 2>/dev/null)" = "${WATCHDOG_PID:-}" ] || stop_one watchdog
   stop_one controller-manager; stop_one apiserver; stop_one etcd
   ;;
-*) echo "usage: $0 start DIR PORT | stop DIR [apiserver] | restart-apiserver DIR | start-apiserver DIR" >&2; exit 2 ;;
+*) echo "usage: $0 start DIR PORT | stop DIR [apiserver] | start-apiserver DIR" >&2; exit 2 ;;
 esac

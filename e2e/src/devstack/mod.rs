@@ -194,8 +194,8 @@ pub struct Devstack {
     pub api: ApiServer,
     pub client: kube::Client,
     pub kubeconfig: PathBuf,
-    /// Per component (controller, gateway, worker): its kubeconfig. On the real backend each
-    /// holds its chart ServiceAccount's token; on the simulator, the admin kubeconfig.
+    /// On the real backend, per component (controller, gateway, worker): a kubeconfig with its
+    /// chart ServiceAccount's token. The simulator enforces no RBAC: all use `kubeconfig`.
     component_kubeconfigs: BTreeMap<&'static str, PathBuf>,
     pub kafka: KafkaHost,
     pub redis: RedisServer,
@@ -239,17 +239,11 @@ impl Devstack {
         let mut component_kubeconfigs = BTreeMap::new();
         if opts.backend == Backend::Real {
             rbac::apply_chart_rbac(&client, NAMESPACE).await?;
-        }
-        for (component, account) in rbac::ACCOUNTS {
-            let path = match opts.backend {
-                Backend::Sim => kubeconfig.clone(),
-                Backend::Real => {
-                    let path = opts.dir.join(format!("kubeconfig-{component}"));
-                    rbac::write_account_kubeconfig(&client, &kubeconfig, NAMESPACE, account, &path).await?;
-                    path
-                }
-            };
-            component_kubeconfigs.insert(component, path);
+            for (component, account) in rbac::ACCOUNTS {
+                let path = opts.dir.join(format!("kubeconfig-{component}"));
+                rbac::write_account_kubeconfig(&client, &kubeconfig, NAMESPACE, account, &path).await?;
+                component_kubeconfigs.insert(component, path);
+            }
         }
         let kafka = match opts.backend {
             Backend::Sim => KafkaHost::start(1, &opts.topic, 3)?.with_fencing().await?,

@@ -107,12 +107,6 @@ impl History {
         })
     }
 
-    pub async fn ping(&self) -> Result<(), HistoryError> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
-    }
-
     /// How long an attempt's events stay after its last write.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl)

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::History;
 use super::hub::{Hub, Published};
 use super::metrics::Metrics;
-use super::rewind::Rewind;
+use super::rewind::{self, Rewind};
 use super::seqset::Recent;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -160,6 +160,15 @@ pub struct Ingest {
     rewind_pending: Option<Lost>,
     /// Per partition: the first offset read by this run.
     first: HashMap<i32, i64>,
+}
+
+/// Which offsets [`Ingest::offsets`] asks the broker for.
+#[derive(Clone, Copy, Debug)]
+enum Lookup {
+    /// The first offset at or after this time (ms since the epoch).
+    Since(i64),
+    /// The consumer group's committed offset.
+    Committed,
 }
 
 /// When Redis lost the history, as far as this replica can tell.
@@ -352,7 +361,6 @@ impl Ingest {
         match &self.epoch {
             Some(seen) if *seen != current => {
                 tracing::warn!(was = %seen, now = %current, "Redis lost its data; re-reading Kafka to rebuild the history");
-                self.metrics.history_rewinds.inc();
                 self.rewind_pending = Some(Lost::WhileRunning);
             }
             None if current == candidate => {
@@ -397,15 +405,12 @@ impl Ingest {
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_millis()).ok())
             .unwrap_or(0);
-        let by_time = self.offsets(&assigned, Offset::Offset(since), true).await;
+        let by_time = self.offsets(&assigned, Lookup::Since(since)).await;
         let points = match lost {
             Lost::WhileRunning => {
                 let mut points = self.rewind.points(Instant::now());
                 for (partition, offset) in by_time {
-                    points
-                        .entry(partition)
-                        .and_modify(|o| *o = (*o).min(offset))
-                        .or_insert(offset);
+                    rewind::lower(&mut points, partition, offset);
                 }
                 points
             }
@@ -415,7 +420,7 @@ impl Ingest {
                     .copied()
                     .filter(|p| !self.first.contains_key(p))
                     .collect();
-                let committed = self.offsets(&unread, Offset::Invalid, false).await;
+                let committed = self.offsets(&unread, Lookup::Committed).await;
                 by_time
                     .into_iter()
                     .filter(|(partition, offset)| {
@@ -427,29 +432,30 @@ impl Ingest {
                     .collect()
             }
         };
+        let mut planned = false;
         for partition in assigned {
             if let Some(&offset) = points.get(&partition) {
                 tracing::info!(partition, from = offset, "re-reading for the history");
-                self.holes
-                    .entry(partition)
-                    .and_modify(|o| *o = (*o).min(offset))
-                    .or_insert(offset);
+                rewind::lower(&mut self.holes, partition, offset);
+                planned = true;
             }
         }
-        if !self.holes.is_empty() {
+        if planned {
+            self.metrics.history_rewinds.inc();
             self.history_ok.store(false, Ordering::SeqCst);
             self.metrics.history_complete.set(0);
-            if lost == Lost::BeforeStart {
-                self.metrics.history_rewinds.inc();
-            }
         }
         self.rewind_pending = None;
     }
 
-    /// Per partition: the broker's offset for a timestamp (`by_time`), or the group's committed
-    /// offset. Partitions without one (no event since then, no commit, a broker that cannot look
-    /// up by time, a failed request) are left out.
-    async fn offsets(&self, partitions: &[i32], at: Offset, by_time: bool) -> HashMap<i32, i64> {
+    /// Per partition: the broker's first offset since a time, or the group's committed offset.
+    /// Partitions without one (no event since then, no commit, a broker that cannot look up by
+    /// time, a failed request) are left out.
+    async fn offsets(&self, partitions: &[i32], lookup: Lookup) -> HashMap<i32, i64> {
+        let at = match lookup {
+            Lookup::Since(millis) => Offset::Offset(millis),
+            Lookup::Committed => Offset::Invalid,
+        };
         let mut query = TopicPartitionList::new();
         for &partition in partitions {
             if let Err(err) = query.add_partition_offset(&self.topic, partition, at) {
@@ -461,12 +467,9 @@ impl Ingest {
         }
         let consumer = self.consumer.clone();
         let timeout = Duration::from_secs(5);
-        let found = tokio::task::spawn_blocking(move || {
-            if by_time {
-                consumer.offsets_for_times(query, timeout)
-            } else {
-                consumer.committed_offsets(query, timeout)
-            }
+        let found = tokio::task::spawn_blocking(move || match lookup {
+            Lookup::Since(_) => consumer.offsets_for_times(query, timeout),
+            Lookup::Committed => consumer.committed_offsets(query, timeout),
         })
         .await;
         match found {
@@ -479,11 +482,11 @@ impl Ingest {
                 })
                 .collect(),
             Ok(Err(err)) => {
-                tracing::warn!(%err, by_time, "offset lookup failed");
+                tracing::warn!(%err, ?lookup, "offset lookup failed");
                 HashMap::new()
             }
             Err(err) => {
-                tracing::warn!(%err, by_time, "offset lookup task failed");
+                tracing::warn!(%err, ?lookup, "offset lookup task failed");
                 HashMap::new()
             }
         }

@@ -60,7 +60,10 @@ impl Rewind {
             open.first = open.first.min(offset);
             open.last_seen = now;
         }
-        self.forget(now);
+        // Pruning walks every running attempt: once per sample, not once per event.
+        if due {
+            self.forget(now);
+        }
     }
 
     /// Per partition, the offset to re-read from so that Redis holds again what it should.
@@ -73,10 +76,7 @@ impl Rewind {
             }
         }
         for open in self.open.values() {
-            points
-                .entry(open.partition)
-                .and_modify(|o: &mut i64| *o = (*o).min(open.first))
-                .or_insert(open.first);
+            lower(&mut points, open.partition, open.first);
         }
         points
     }
@@ -96,9 +96,22 @@ impl Rewind {
     }
 
     #[cfg(test)]
+    fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    #[cfg(test)]
     fn sample_count(&self, partition: i32) -> usize {
         self.samples.get(&partition).map_or(0, VecDeque::len)
     }
+}
+
+/// Sets `points[partition]` to `offset` unless it already holds an earlier one.
+pub fn lower(points: &mut HashMap<i32, i64>, partition: i32, offset: i64) {
+    points
+        .entry(partition)
+        .and_modify(|o| *o = (*o).min(offset))
+        .or_insert(offset);
 }
 
 #[cfg(test)]
@@ -174,6 +187,17 @@ mod tests {
         assert_eq!(r.points(t0 + secs(599)).get(&0), Some(&5));
         // Silent for longer than the TTL (Redis dropped it too), and the samples moved on.
         assert_eq!(r.points(t0 + secs(1400)).get(&0), Some(&50));
+    }
+
+    #[test]
+    fn abandoned_attempts_are_pruned_as_events_go_on() {
+        let t0 = Instant::now();
+        let mut r = Rewind::new(TTL);
+        for i in 0..100 {
+            r.observe(0, i, &format!("abandoned-{i}"), false, t0);
+        }
+        r.observe(0, 100, "later", true, t0 + TTL + SAMPLE_EVERY);
+        assert_eq!(r.open_count(), 0, "memory stays bounded without a rewind");
     }
 
     #[test]

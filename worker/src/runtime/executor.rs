@@ -411,7 +411,7 @@ pub async fn cancel_idle(shared: &Shared, job: &JobInfo) {
         }
         Err(err) => tracing::warn!(%err, job = %job.name, "cannot send the CANCELLED event"),
     }
-    if let Err(err) = shared.store.rollback(&job.uid) {
+    if let Err(err) = shared.store.forget(&job.uid) {
         tracing::warn!(%err, job = %job.name, "rollback incomplete");
     }
     if let Err(err) = writer.ended(ExecutionState::Cancelled, &cancelled_failure()).await {
@@ -817,15 +817,15 @@ async fn fail(
     {
         tracing::warn!(%err, job = %job.name, "cannot send FAILED");
     }
-    if let Err(err) = shared.store.discard_attempt(&job.uid) {
+    // A retriable failure keeps the upload for the next attempt (job deletion removes it at the
+    // latest); a fatal one is not retried, so everything goes.
+    let discarded = if failure.retriable {
+        shared.store.discard_attempt(&job.uid)
+    } else {
+        shared.store.forget(&job.uid).map(|_| ())
+    };
+    if let Err(err) = discarded {
         tracing::warn!(%err, job = %job.name, "cannot delete this attempt's files");
-    }
-    // A fatal failure is not retried: its upload can go. A retriable one keeps it for the next
-    // attempt; job deletion removes it at the latest.
-    if !failure.retriable
-        && let Err(err) = shared.store.delete_upload(&job.uid)
-    {
-        tracing::warn!(%err, job = %job.name, "cannot delete the uploaded file");
     }
     if let Err(err) = writer.ended(ExecutionState::Failed, &failure).await {
         tracing::warn!(%err, job = %job.name, "cannot write the failure");
@@ -851,7 +851,7 @@ async fn stopped(
                 tracing::warn!(%err, job = %job.name, "cannot send CANCELLED");
             }
             // After the last commit, which records the stream position on disk.
-            if let Err(err) = shared.store.rollback(&job.uid) {
+            if let Err(err) = shared.store.forget(&job.uid) {
                 tracing::warn!(%err, job = %job.name, "rollback incomplete");
             }
             if let Err(err) = writer.ended(ExecutionState::Cancelled, &cancelled_failure()).await {

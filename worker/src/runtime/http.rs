@@ -103,10 +103,7 @@ async fn delete_result(State(state): State<HttpState>, Path(id): Path<String>) -
         return error(StatusCode::NOT_FOUND, "no such result");
     }
     // Called when the job is deleted (the controller's cleanup): its upload, if any, goes too.
-    if let Err(err) = state.store.delete_upload(&id) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
-    }
-    match state.store.delete_result(&id) {
+    match state.store.forget(&id) {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, "no such result"),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),

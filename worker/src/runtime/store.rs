@@ -209,11 +209,13 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes everything written for a job: the rollback of a cancel.
-    pub fn rollback(&self, uid: &str) -> Result<(), StoreError> {
-        self.discard_attempt(uid)?;
-        remove(&self.upload_path(uid)?)?;
-        Ok(())
+    /// Deletes everything written for a job, upload included: the rollback of a cancel, a fatal
+    /// failure, the job's deletion. Returns whether a result was stored.
+    pub fn forget(&self, uid: &str) -> Result<bool, StoreError> {
+        self.clear_work(uid)?;
+        let had_result = self.delete_result(uid)?;
+        self.delete_upload(uid)?;
+        Ok(had_result)
     }
 
     /// Writes the report zstd-compressed; returns its size and the SHA-256 of the compressed bytes.
@@ -264,8 +266,7 @@ impl Store {
         Ok(existed)
     }
 
-    /// Deletes a job's uploaded file, once no attempt can need it (the job succeeded, failed for
-    /// good, or is deleted).
+    /// Deletes a job's uploaded file, once no attempt can need it.
     pub fn delete_upload(&self, uid: &str) -> Result<(), StoreError> {
         remove(&self.upload_path(uid)?)?;
         Ok(())
@@ -319,8 +320,22 @@ mod tests {
         store.save_stream("u", &state)?;
         assert_eq!(store.load_stream("u", &a1), state);
         assert_eq!(store.load_stream("u", &a2).next_seq, 0);
-        store.rollback("u")?;
+        store.forget("u")?;
         assert_eq!(store.load_stream("u", &a1).next_seq, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn forget_deletes_the_upload_the_result_and_the_work() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        std::fs::write(store.upload_path("u")?, b"the uploaded file")?;
+        store.write_result("u", &serde_json::json!({"findings": []}))?;
+        assert!(store.has_result("u")?);
+        assert!(store.forget("u")?, "a result was stored");
+        assert!(!store.upload_path("u")?.exists());
+        assert!(!store.has_result("u")?);
+        assert!(!store.forget("u")?, "nothing left the second time");
         Ok(())
     }
 
