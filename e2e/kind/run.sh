@@ -98,8 +98,13 @@ openssl pkey -in "$WORK/jwt-private.pem" -pubout -out "$WORK/jwt-public.pem"
   kubectl -n streamscan create secret generic streamscan-internal-token --from-literal=token="$(openssl rand -hex 32)"
   kubectl -n streamscan create secret generic streamscan-gateway-jwt --from-file=key=jwt-public.pem
 )
+# The issuer and audience manifests/values.yaml renders install.yaml with, and the Helm install
+# below sets (as the README does); the suite's tokens carry them.
+JWT_ISSUER=https://auth.example.com
+JWT_AUDIENCE=streamscan
 if [ "$INSTALL_WITH" = helm ]; then
-  helm install streamscan helm/streamscan -n streamscan --set kafka.bootstrap=kafka.streamscan.svc:9092 --set redis.url=redis://redis.streamscan.svc:6379 --set internalToken.existingSecret=streamscan-internal-token
+  helm install streamscan helm/streamscan -n streamscan --set kafka.bootstrap=kafka.streamscan.svc:9092 --set redis.url=redis://redis.streamscan.svc:6379 --set internalToken.existingSecret=streamscan-internal-token \
+  --set gateway.auth.jwtIssuer=https://auth.example.com --set gateway.auth.jwtAudience=streamscan
 else
   kubectl apply -f manifests/install.yaml
 fi
@@ -139,6 +144,8 @@ STREAMSCAN_E2E_KAFKA=127.0.0.1:29092 \
 STREAMSCAN_E2E_TOPIC=streamscan.progress \
 STREAMSCAN_E2E_GATEWAY=http://127.0.0.1:28080 \
 STREAMSCAN_E2E_JWT_KEY="$WORK/jwt-private.pem" \
+STREAMSCAN_E2E_JWT_ISSUER="$JWT_ISSUER" \
+STREAMSCAN_E2E_JWT_AUDIENCE="$JWT_AUDIENCE" \
 STREAMSCAN_E2E_FILES_URL=http://files.streamscan.svc:8080 \
   cargo test --locked -p streamscan-e2e --test scenarios -- --test-threads=1
 

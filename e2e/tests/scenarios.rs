@@ -566,14 +566,12 @@ async fn gateway_restarted_ws_resumes() -> Res {
         true,
         |o| {
             o.workers = 2;
-            slow(o, 512 << 10);
             // librdkafka's mock cluster lacks static membership: the restarted gateway (same
             // group.instance.id) joins as a second member, and the group waits for the killed
             // one: session.timeout.ms - 1 s, then its session expiry, then again (89 s with the
-            // 45 s default). A real broker hands the partitions back at once. 6 s (the brokers'
-            // default minimum) makes that about 11 s here.
-            o.gateway_args
-                .extend(["--kafka-session-timeout-ms", "6000"].map(String::from));
+            // 45 s default). A real broker hands the partitions back at once. The devstack runs
+            // the gateway on the mock with 6 s sessions, which makes that about 11 s.
+            slow(o, 512 << 10);
         },
         async |env, tally| {
             let source = env.volume_source("images/gw.bin", &test_file(10, 4 * MIB))?;
@@ -777,8 +775,11 @@ async fn refusals() -> Res {
             let now = jiff::Timestamp::now().as_second();
             let forged = jsonwebtoken::encode(
                 &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                &json!({"sub": "alice", "iat": now, "exp": now + 600}),
-                &jsonwebtoken::EncodingKey::from_secret(b"not-the-gateway-secret"),
+                &json!({
+                    "sub": "alice", "iat": now, "exp": now + 600,
+                    "iss": streamscan_e2e::devstack::JWT_ISSUER, "aud": streamscan_e2e::devstack::JWT_AUDIENCE,
+                }),
+                &jsonwebtoken::EncodingKey::from_secret(b"not-the-gateway-secret-of-32-bytes"),
             )?;
             let r = env
                 .http

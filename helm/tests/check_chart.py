@@ -46,7 +46,8 @@ CHART = helmlib.CHART
 K8S_VERSION = "1.33.0"
 FAILURES: list[str] = []
 
-REQUIRED = {"kafka": {"bootstrap": "kafka.streamscan.svc:9092"}, "redis": {"url": "redis://redis.streamscan.svc:6379"}}
+REQUIRED = {"kafka": {"bootstrap": "kafka.streamscan.svc:9092"}, "redis": {"url": "redis://redis.streamscan.svc:6379"},
+            "gateway": {"auth": {"jwtIssuer": "https://auth.example.com", "jwtAudience": "streamscan"}}}
 
 NON_DEFAULT = {
     "fullnameOverride": "scan",
@@ -96,6 +97,8 @@ BAD_VALUES = [
     ({"worker": {"capacity": 0}}, "worker/capacity"),
     ({"controller": {"replicas": 0}}, "controller/replicas"),
     ({"kafka": {"bootstrap": ""}}, "kafka/bootstrap"),
+    ({"gateway": {"auth": {"jwtIssuer": " "}}}, "auth/jwtIssuer"),
+    ({"gateway": {"auth": {"jwtAudience": ""}}}, "auth/jwtAudience"),
     ({"kafka": {"bootstrap": "no-port-here"}}, "kafka/bootstrap"),
     ({"redis": {"url": "http://redis:6379"}}, "redis/url"),
     ({"redis": {"url": "redis://user:secret@redis:6379"}}, "redis/url"),
@@ -358,7 +361,9 @@ def check_real_install() -> None:
     helm = str(binary / "helm")
     # run.sh sets HELM_DRIVER=memory for helm-sdkpy; the real binary stores releases as Secrets.
     helm_env = {k: v for k, v in os.environ.items() if k != "HELM_DRIVER"}
-    sets = ["--set", f"kafka.bootstrap={REQUIRED['kafka']['bootstrap']}", "--set", f"redis.url={REQUIRED['redis']['url']}"]
+    auth = REQUIRED["gateway"]["auth"]
+    sets = ["--set", f"kafka.bootstrap={REQUIRED['kafka']['bootstrap']}", "--set", f"redis.url={REQUIRED['redis']['url']}",
+            "--set", f"gateway.auth.jwtIssuer={auth['jwtIssuer']}", "--set", f"gateway.auth.jwtAudience={auth['jwtAudience']}"]
 
     @check("real helm: lint (defaults refused for the required values; with them: clean) and template")
     def _():
@@ -526,6 +531,7 @@ def main() -> int:
             assert "--kafka-ca-file=/var/run/secrets/streamscan/kafka-ca/ca.crt" in args
             assert "--kafka-cert-file=/var/run/secrets/streamscan/kafka-user/user.crt" in args
             assert "--jwt-public-key-file=/var/run/secrets/streamscan/jwt/key" in args
+            assert "--jwt-issuer=https://id.example.com" in args and "--jwt-audience=streamscan" in args, args
             assert not [a for a in args if a.startswith("--redis-url")]
             genv = {e["name"]: e for e in gw["containers"][0]["env"]}
             assert genv["STREAMSCAN_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "uri"}
@@ -555,7 +561,7 @@ def main() -> int:
                 helmlib.install(sim, "bad-required", "bad", {})
                 problems.append("no kafka.bootstrap/redis.url was accepted")
             except Exception as e:  # noqa: BLE001
-                if "kafka/bootstrap" not in str(e) or "/redis" not in str(e):
+                if any(f not in str(e) for f in ["kafka/bootstrap", "/redis", "auth/jwtIssuer", "auth/jwtAudience"]):
                     problems.append(f"missing required values: {e}")
             assert not problems, "; ".join(problems)
     finally:

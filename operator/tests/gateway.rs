@@ -34,7 +34,9 @@ type Res<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOPIC: &str = "streamscan.progress";
-const SECRET: &[u8] = b"test-secret-for-the-gateway";
+const SECRET: &[u8] = b"test-secret-for-the-gateway-of-32-bytes-or-more";
+const ISSUER: &str = "https://id.streamscan.test";
+const AUDIENCE: &str = "streamscan";
 const WORKER_TOKEN: &str = "internal-worker-token";
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Res<T> {
@@ -287,6 +289,7 @@ impl Harness {
             .args(["--redis-url", &self.redis.url(), "--redis-timeout-ms", "500"])
             .arg("--jwt-hs256-secret-file")
             .arg(self.dir.path().join("jwt.key"))
+            .args(["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE])
             .arg("--worker-token-file")
             .arg(self.dir.path().join("worker.token"))
             .args(["--heartbeat-seconds", "5", "--identity", name])
@@ -356,12 +359,14 @@ fn token(user: &str, admin: bool) -> String {
 
 fn token_with(user: &str, admin: bool, secret: &[u8]) -> String {
     let exp = jiff::Timestamp::now().as_second() + 3600;
-    jsonwebtoken::encode(
-        &Header::default(),
-        &json!({"sub": user, "exp": exp, "admin": admin}),
-        &EncodingKey::from_secret(secret),
+    sign(
+        &json!({"sub": user, "exp": exp, "admin": admin, "iss": ISSUER, "aud": AUDIENCE}),
+        secret,
     )
-    .unwrap_or_default()
+}
+
+fn sign(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(&Header::default(), claims, &EncodingKey::from_secret(secret)).unwrap_or_default()
 }
 
 /// An attempt's event stream, as a worker would produce it.
@@ -918,6 +923,131 @@ async fn users_see_only_their_jobs_and_bad_tokens_are_refused() -> Res {
         .send()
         .await?;
     assert_eq!(big.status(), 431);
+    Ok(())
+}
+
+/// A token must come from the configured issuer for this audience, be valid now, and travel in
+/// the Authorization header except on the streaming route.
+#[tokio::test]
+async fn tokens_must_name_issuer_and_audience_and_use_the_header_outside_streaming() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    h.create_job("alices", "alice").await?;
+    let now = jiff::Timestamp::now().as_second();
+    let base = json!({"sub": "alice", "exp": now + 600, "iss": ISSUER, "aud": AUDIENCE});
+    let with = |key: &str, value: Value| {
+        let mut claims = base.clone();
+        claims[key] = value;
+        sign(&claims, SECRET)
+    };
+    let without = |key: &str| {
+        let mut claims = base.clone();
+        claims.as_object_mut().map(|m| m.remove(key));
+        sign(&claims, SECRET)
+    };
+    let status = |tok: String| {
+        let r = h.http.get(gw.url("/v1/jobs/default/alices")).bearer_auth(tok).send();
+        async move { Ok::<_, reqwest::Error>(r.await?.status().as_u16()) }
+    };
+    assert_eq!(status(sign(&base, SECRET)).await?, 200, "the well-formed token");
+    for (what, tok) in [
+        ("another issuer", with("iss", json!("https://evil.example"))),
+        ("another audience", with("aud", json!("some-other-service"))),
+        ("no issuer", without("iss")),
+        ("no audience", without("aud")),
+        ("no expiry", without("exp")),
+        ("not valid before an hour from now", with("nbf", json!(now + 3600))),
+        ("expired", with("exp", json!(now - 3600))),
+    ] {
+        assert_eq!(status(tok).await?, 401, "{what}");
+    }
+
+    // ?access_token= only on the streaming route.
+    let good = sign(&base, SECRET);
+    let r = h
+        .http
+        .get(gw.url(&format!("/v1/jobs/default/alices?access_token={good}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await?;
+    assert!(
+        body.to_string().contains("Authorization: Bearer"),
+        "the refusal says what to do: {body}"
+    );
+    for path in ["history", "verdict", "result"] {
+        let r = h
+            .http
+            .get(gw.url(&format!("/v1/jobs/default/alices/{path}?access_token={good}")))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = h
+        .http
+        .get(gw.url(&format!("/v1/jobs?access_token={good}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401, "list");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/jobs/default/alices/events?access_token={good}",
+        gw.api
+    ))
+    .await?;
+    ws.close(None).await?;
+    Ok(())
+}
+
+/// The gateway refuses to start on an auth setup that would accept forged or foreign tokens, and
+/// says which flag to set.
+#[tokio::test]
+async fn the_gateway_refuses_to_start_without_issuer_audience_or_with_a_weak_secret() -> Res {
+    let dir = tempfile::tempdir()?;
+    let strong = dir.path().join("strong.key");
+    std::fs::write(&strong, SECRET)?;
+    let empty = dir.path().join("empty.key");
+    std::fs::write(&empty, "\n")?;
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "hunter2")?;
+    let run = |key: &Path, claims: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamscan-operator"));
+        cmd.arg("gateway")
+            .args(["--listen", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+            .args(["--kafka-bootstrap", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"])
+            .arg("--jwt-hs256-secret-file")
+            .arg(key)
+            .args(claims)
+            .env_remove("STREAMSCAN_JWT_ISSUER")
+            .env_remove("STREAMSCAN_JWT_AUDIENCE")
+            .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        async move {
+            let out = within("the gateway to refuse", cmd.output()).await??;
+            Res::Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+        }
+    };
+    let both = ["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE];
+    for (what, key, claims, says) in [
+        ("no issuer", &strong, &["--jwt-audience", AUDIENCE][..], "--jwt-issuer"),
+        ("no audience", &strong, &["--jwt-issuer", ISSUER][..], "--jwt-audience"),
+        (
+            "an empty issuer",
+            &strong,
+            &["--jwt-issuer", " ", "--jwt-audience", AUDIENCE][..],
+            "--jwt-issuer",
+        ),
+        ("an empty secret", &empty, &both[..], "0 bytes"),
+        ("a short secret", &short, &both[..], "7 bytes"),
+    ] {
+        let (ok, stderr) = run(key, claims).await?;
+        assert!(!ok, "{what}: the gateway started");
+        assert!(
+            stderr.contains(says),
+            "{what}: the error does not say {says:?}: {stderr}"
+        );
+    }
     Ok(())
 }
 

@@ -39,6 +39,17 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
         .map_err(|_| format!("timed out after {limit:?} waiting for {what}").into())
 }
 
+/// The last `lines` lines of a component's log, for a failure's message.
+pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -57,7 +68,7 @@ pub use streamscan_e2e::testdata::test_file;
 pub enum Backend {
     /// The devstack, on real servers or on the simulator and the mock cluster.
     Devstack(streamscan_e2e::devstack::Backend),
-    Cluster(ClusterVars),
+    Cluster(Box<ClusterVars>),
 }
 
 /// The variables `e2e/kind/run.sh` passes (e2e/README.md).
@@ -69,6 +80,8 @@ pub struct ClusterVars {
     pub topic: String,
     pub gateway: String,
     pub jwt_key: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
     pub files_url: String,
 }
 
@@ -85,7 +98,7 @@ pub fn backend() -> Res<Backend> {
             } else {
                 std::fs::read_to_string(&key)?
             };
-            Ok(Backend::Cluster(ClusterVars {
+            Ok(Backend::Cluster(Box::new(ClusterVars {
                 kubeconfig: var("STREAMSCAN_E2E_KUBECONFIG")?.into(),
                 namespace: var("STREAMSCAN_E2E_NAMESPACE").unwrap_or_else(|_| "streamscan".into()),
                 kafka: var("STREAMSCAN_E2E_KAFKA")?,
@@ -93,7 +106,9 @@ pub fn backend() -> Res<Backend> {
                 gateway: var("STREAMSCAN_E2E_GATEWAY")?,
                 jwt_key,
                 files_url: var("STREAMSCAN_E2E_FILES_URL")?,
-            }))
+                jwt_issuer: var("STREAMSCAN_E2E_JWT_ISSUER")?,
+                jwt_audience: var("STREAMSCAN_E2E_JWT_AUDIENCE")?,
+            })))
         }
     }
 }
@@ -124,9 +139,16 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 // ---------------------------------------------------------------------------------------------
 // The environment of one scenario
 
-enum Signer {
+enum Key {
     Hs256(String),
     Rs256(String),
+}
+
+/// How the scenario signs its users' tokens: the gateway's key, issuer and audience.
+struct Signer {
+    key: Key,
+    issuer: String,
+    audience: String,
 }
 
 pub struct Env {
@@ -174,7 +196,7 @@ impl Env {
                 // session.timeout.ms (45 s) for the ghost one (it measured 44 s of the 8 s Kafka
                 // outage scenario's 58 s); the mock delays a new group's first join by 3 s.
                 let ops = format!("http://127.0.0.1:{}/metrics", stack.gateway_ops_port);
-                within(Duration::from_secs(60), "the gateway's Kafka assignment", async {
+                let assigned = within(Duration::from_secs(60), "the gateway's Kafka assignment", async {
                     loop {
                         if let Ok(r) = http.get(&ops).send().await
                             && let Ok(text) = r.text().await
@@ -188,7 +210,14 @@ impl Env {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 })
-                .await?;
+                .await;
+                if let Err(err) = assigned {
+                    return Err(format!(
+                        "{err}; the gateway's log ends:\n{}",
+                        log_tail(&stack.opts.dir.join("gateway.log"), 25)
+                    )
+                    .into());
+                }
                 log.wait_assigned().await?;
                 Ok(Env {
                     jobs: Api::namespaced(client.clone(), "default"),
@@ -205,7 +234,11 @@ impl Env {
                     files_base: format!("http://{files_addr}"),
                     cluster_files: None,
                     log,
-                    signer: Signer::Hs256(secret),
+                    signer: Signer {
+                        key: Key::Hs256(secret),
+                        issuer: streamscan_e2e::devstack::JWT_ISSUER.into(),
+                        audience: streamscan_e2e::devstack::JWT_AUDIENCE.into(),
+                    },
                     dir,
                 })
             }
@@ -232,7 +265,11 @@ impl Env {
                     files_base: format!("http://{files_addr}"),
                     cluster_files: Some(v.files_url.clone()),
                     log,
-                    signer: Signer::Rs256(v.jwt_key.clone()),
+                    signer: Signer {
+                        key: Key::Rs256(v.jwt_key.clone()),
+                        issuer: v.jwt_issuer.clone(),
+                        audience: v.jwt_audience.clone(),
+                    },
                     dir,
                 })
             }
@@ -251,13 +288,16 @@ impl Env {
 
     pub fn token(&self, user: &str) -> Res<String> {
         let now = jiff::Timestamp::now().as_second();
-        let claims = json!({"sub": user, "iat": now, "exp": now + 3600});
-        let (alg, key) = match &self.signer {
-            Signer::Hs256(secret) => (
+        let signer = &self.signer;
+        let claims = json!({
+            "sub": user, "iat": now, "exp": now + 3600, "iss": signer.issuer, "aud": signer.audience,
+        });
+        let (alg, key) = match &signer.key {
+            Key::Hs256(secret) => (
                 jsonwebtoken::Algorithm::HS256,
                 jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
             ),
-            Signer::Rs256(pem) => (
+            Key::Rs256(pem) => (
                 jsonwebtoken::Algorithm::RS256,
                 jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())?,
             ),

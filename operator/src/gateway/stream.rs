@@ -20,7 +20,7 @@ use bytes::Bytes;
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use super::auth::Caller;
+use super::auth::{Caller, StreamCaller};
 use super::error::ApiError;
 use super::http::AppState;
 use super::hub::{Published, Subscription};
@@ -199,7 +199,7 @@ const WS_WRITE_BUFFER: usize = 8 << 10;
 
 pub async fn events(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    StreamCaller(caller): StreamCaller,
     Path((namespace, name)): Path<(String, String)>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
