@@ -670,9 +670,25 @@ async fn bad_sources_fail_fatally_with_a_clear_reason() -> Res<()> {
     let outside = h.dir.path().join("outside.bin");
     std::fs::write(&outside, b"secret")?;
     std::os::unix::fs::symlink(&outside, h.dir.path().join("sources/escape"))?;
+    // A link to a directory outside, used as an inner component of the path.
+    std::os::unix::fs::symlink(h.dir.path(), h.dir.path().join("sources/outdir"))?;
+    // A FIFO: opened blocking, it would hang the worker until someone writes to it.
+    nix::unistd::mkfifo(
+        &h.dir.path().join("sources/fifo"),
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )?;
     h.files.add("m.bin", test_file(5));
     let (_worker, _) = h.worker("s1", "s1", &[]).await?;
     h.job("esc", "s1", json!({"volume": {"path": "escape"}}), &["digest"])
+        .await?;
+    h.job(
+        "esc-dir",
+        "s1",
+        json!({"volume": {"path": "outdir/outside.bin"}}),
+        &["digest"],
+    )
+    .await?;
+    h.job("fifo", "s1", json!({"volume": {"path": "fifo"}}), &["digest"])
         .await?;
     h.job(
         "mis",
@@ -683,6 +699,8 @@ async fn bad_sources_fail_fatally_with_a_clear_reason() -> Res<()> {
     .await?;
     for (name, reason, says) in [
         ("esc", "PathEscapesRoot", "outside the source volume"),
+        ("esc-dir", "PathEscapesRoot", "outside the source volume"),
+        ("fifo", "UnsupportedInput", "a FIFO"),
         ("mis", "DigestMismatch", "SHA-256"),
     ] {
         let job = h.wait_state(name, ExecutionState::Failed).await?;

@@ -497,9 +497,8 @@ async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: Cancel
         return sources::open_url(shared.http.clone(), url.location.clone(), offset, options, cancel).await;
     }
     if let Some(volume) = &source.volume {
-        let path = sources::resolve_volume_path(&shared.source_root, &volume.path)?;
-        let what = format!("volume path {:?}", volume.path);
-        return tokio::task::spawn_blocking(move || sources::open_file(&path, offset, &what))
+        let (root, path) = (shared.source_root.clone(), volume.path.clone());
+        return tokio::task::spawn_blocking(move || sources::open_volume(&root, &path, offset))
             .await
             .map_err(|e| SourceError::retriable(reason::SOURCE_READ_FAILED, e.to_string()))?;
     }

@@ -3,16 +3,24 @@
 //! - `url`: an async reqwest client without proxies; a dropped connection is continued with an
 //!   HTTP Range request from the next byte, a few times with backoff. The body reaches the
 //!   engine's blocking `Read` through a bounded channel, so a fast server cannot fill memory.
-//! - `volume`: a path under the source root; `..` and symlinks leading out are refused.
+//! - `volume`: a path under the source root, opened in one resolution beneath the root's directory
+//!   (openat2 `RESOLVE_BENEATH`), so neither `..` nor a symbolic link, even one swapped in while
+//!   the job starts, leads out; opened non-blocking, so a FIFO cannot hang the worker, and read
+//!   only if it is a regular file.
 //! - `upload`: the file the gateway PUT on this worker's volume.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::sys::stat::Mode;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use streamscan_api::names::reason;
@@ -52,8 +60,8 @@ pub struct Opened {
     pub total: Option<u64>,
 }
 
-/// Resolves `relative` under `root`, refusing anything that leads outside it.
-pub fn resolve_volume_path(root: &Path, relative: &str) -> Result<std::path::PathBuf, SourceError> {
+/// Checks that `relative` is a non-empty relative path without `..`, before any file is touched.
+fn check_relative(relative: &str) -> Result<&Path, SourceError> {
     let rel = Path::new(relative);
     if relative.is_empty() || rel.is_absolute() {
         return Err(SourceError::fatal(
@@ -70,38 +78,127 @@ pub fn resolve_volume_path(root: &Path, relative: &str) -> Result<std::path::Pat
             format!("volume path {relative:?} contains '..': it must stay inside the source volume"),
         ));
     }
-    let root = root.canonicalize().map_err(|e| {
+    Ok(rel)
+}
+
+/// Flags of the final open: read-only, and non-blocking so that opening a FIFO returns at once
+/// (fstat then refuses it) instead of waiting for a writer forever.
+const READ_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY)
+    .union(OFlag::O_CLOEXEC);
+
+/// Opens `relative` under `root` at `offset`: a regular file beneath the root, or an error that
+/// says what is wrong with the path.
+pub fn open_volume(root: &Path, relative: &str, offset: u64) -> Result<Opened, SourceError> {
+    let rel = check_relative(relative)?;
+    let dir = File::open(root).map_err(|e| {
         SourceError::retriable(
             reason::SOURCE_VOLUME_UNAVAILABLE,
             format!("the source volume {} cannot be read: {e}", root.display()),
         )
     })?;
-    let full = root.join(rel).canonicalize().map_err(|e| {
-        SourceError::fatal(
-            reason::SOURCE_NOT_FOUND,
-            format!("volume path {relative:?} cannot be opened: {e}"),
-        )
-    })?;
-    if !full.starts_with(&root) {
-        return Err(SourceError::fatal(
-            reason::PATH_ESCAPES_ROOT,
-            format!("volume path {relative:?} resolves outside the source volume (through a symbolic link)"),
-        ));
+    let how = OpenHow::new()
+        .flags(READ_FLAGS)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match openat2(&dir, rel, how) {
+        // No openat2 (Linux < 5.6, or a seccomp profile that denies it): walk without following
+        // any symbolic link.
+        Err(Errno::ENOSYS | Errno::EPERM) => open_by_walk(&dir, rel),
+        other => other,
     }
-    Ok(full)
+    .map_err(|errno| open_error(relative, errno))?;
+    finish(File::from(fd), offset, &format!("volume path {relative:?}"))
 }
 
-/// Opens a local file (volume or upload) at `offset`.
+/// The fallback of [`open_volume`]: one `openat` per component, none following a symbolic link.
+fn open_by_walk(root: &File, rel: &Path) -> Result<OwnedFd, Errno> {
+    let parts: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part),
+            _ => None,
+        })
+        .collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(Errno::ENOENT);
+    };
+    let mut at = openat(
+        root,
+        ".",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    for part in dirs {
+        at = openat(
+            &at,
+            *part,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| if e == Errno::ENOTDIR { Errno::ELOOP } else { e })?;
+    }
+    openat(&at, *last, READ_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
+}
+
+/// What a failed open of a volume path tells the job's owner.
+fn open_error(relative: &str, errno: Errno) -> SourceError {
+    match errno {
+        Errno::EXDEV => SourceError::fatal(
+            reason::PATH_ESCAPES_ROOT,
+            format!(
+                "volume path {relative:?} resolves outside the source volume (through a symbolic link that leaves \
+                 it or is absolute)"
+            ),
+        ),
+        Errno::ELOOP => SourceError::fatal(
+            reason::UNSUPPORTED_INPUT,
+            format!(
+                "volume path {relative:?} goes through too many symbolic links, or through one this kernel cannot \
+                 follow safely (no openat2): name the file itself"
+            ),
+        ),
+        Errno::ENXIO => SourceError::fatal(
+            reason::UNSUPPORTED_INPUT,
+            format!("volume path {relative:?} is not a regular file (a socket)"),
+        ),
+        Errno::EINTR | Errno::EAGAIN | Errno::ENOMEM | Errno::EMFILE | Errno::ENFILE => SourceError::retriable(
+            reason::SOURCE_READ_FAILED,
+            format!("volume path {relative:?} cannot be opened now: {errno}"),
+        ),
+        _ => SourceError::fatal(
+            reason::SOURCE_NOT_FOUND,
+            format!("volume path {relative:?} cannot be opened: {}", errno.desc()),
+        ),
+    }
+}
+
+/// Opens a file the worker itself wrote (an upload) at `offset`.
 pub fn open_file(path: &Path, offset: u64, what: &str) -> Result<Opened, SourceError> {
-    let mut file = File::open(path)
+    let file = File::open(path)
         .map_err(|e| SourceError::fatal(reason::SOURCE_NOT_FOUND, format!("{what} cannot be opened: {e}")))?;
+    finish(file, offset, what)
+}
+
+/// Checks the opened file is a regular one at least `offset` long, and seeks there.
+fn finish(mut file: File, offset: u64, what: &str) -> Result<Opened, SourceError> {
     let meta = file
         .metadata()
         .map_err(|e| SourceError::fatal(reason::SOURCE_NOT_FOUND, format!("{what}: {e}")))?;
     if !meta.is_file() {
+        let kind = meta.file_type();
+        let kind = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
         return Err(SourceError::fatal(
             reason::UNSUPPORTED_INPUT,
-            format!("{what} is not a regular file"),
+            format!("{what} is {kind}: only regular files are analysed"),
         ));
     }
     if offset > meta.len() {
@@ -393,33 +490,74 @@ pub type UploadNotify = Arc<tokio::sync::Notify>;
 mod tests {
     use super::*;
 
-    #[test]
-    fn refuses_paths_leaving_the_root() -> Result<(), Box<dyn std::error::Error>> {
+    /// A source volume with a file, a directory, a relative link inside, an absolute link to the
+    /// same file, links out (to a file and to a directory), and a FIFO.
+    fn volume() -> Result<(tempfile::TempDir, tempfile::TempDir), Box<dyn std::error::Error>> {
         let outside = tempfile::tempdir()?;
         std::fs::write(outside.path().join("secret"), b"x")?;
         let root = tempfile::tempdir()?;
         std::fs::create_dir(root.path().join("d"))?;
         std::fs::write(root.path().join("d/ok.bin"), b"ok")?;
         std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("d/link"))?;
-        std::os::unix::fs::symlink(root.path().join("d/ok.bin"), root.path().join("inner"))?;
+        std::os::unix::fs::symlink(outside.path(), root.path().join("outdir"))?;
+        std::os::unix::fs::symlink("d/ok.bin", root.path().join("inner"))?;
+        std::os::unix::fs::symlink("../d/ok.bin", root.path().join("d/up-and-in"))?;
+        std::os::unix::fs::symlink(root.path().join("d/ok.bin"), root.path().join("absolute"))?;
+        nix::unistd::mkfifo(&root.path().join("fifo"), Mode::S_IRUSR | Mode::S_IWUSR)?;
+        Ok((outside, root))
+    }
 
-        assert!(resolve_volume_path(root.path(), "d/ok.bin").is_ok());
-        assert!(resolve_volume_path(root.path(), "./d/ok.bin").is_ok());
-        // A symlink that stays inside is fine.
-        assert!(resolve_volume_path(root.path(), "inner").is_ok());
-        for bad in ["../x", "d/../../x", "/etc/passwd", ""] {
-            let e = resolve_volume_path(root.path(), bad).err().ok_or("accepted")?;
-            assert_eq!(
-                (e.reason, e.retriable),
-                (reason::PATH_ESCAPES_ROOT, false),
-                "{bad}: {e}"
-            );
+    fn read(opened: Opened) -> Result<String, Box<dyn std::error::Error>> {
+        let mut s = String::new();
+        { opened.reader }.read_to_string(&mut s)?;
+        Ok(s)
+    }
+
+    #[test]
+    fn opens_regular_files_beneath_the_root_only() -> Result<(), Box<dyn std::error::Error>> {
+        let (_outside, root) = volume()?;
+        for good in ["d/ok.bin", "./d/ok.bin", "inner", "d/up-and-in"] {
+            assert_eq!(read(open_volume(root.path(), good, 0)?)?, "ok", "{good}");
         }
-        let e = resolve_volume_path(root.path(), "d/link").err().ok_or("accepted")?;
-        assert_eq!(e.reason, reason::PATH_ESCAPES_ROOT);
-        assert!(e.message.contains("symbolic link"), "{e}");
-        let e = resolve_volume_path(root.path(), "missing").err().ok_or("accepted")?;
-        assert_eq!((e.reason, e.retriable), (reason::SOURCE_NOT_FOUND, false));
+        for (bad, want, says) in [
+            ("../x", reason::PATH_ESCAPES_ROOT, "'..'"),
+            ("d/../../x", reason::PATH_ESCAPES_ROOT, "'..'"),
+            ("/etc/passwd", reason::PATH_ESCAPES_ROOT, "relative"),
+            ("", reason::PATH_ESCAPES_ROOT, "non-empty"),
+            ("d/link", reason::PATH_ESCAPES_ROOT, "symbolic link"),
+            ("outdir/secret", reason::PATH_ESCAPES_ROOT, "symbolic link"),
+            ("absolute", reason::PATH_ESCAPES_ROOT, "absolute"),
+            ("fifo", reason::UNSUPPORTED_INPUT, "a FIFO"),
+            ("d", reason::UNSUPPORTED_INPUT, "a directory"),
+            ("missing", reason::SOURCE_NOT_FOUND, "No such file"),
+            ("d/ok.bin/x", reason::SOURCE_NOT_FOUND, "Not a directory"),
+        ] {
+            let e = open_volume(root.path(), bad, 0)
+                .err()
+                .ok_or(format!("{bad} accepted"))?;
+            assert_eq!((e.reason, e.retriable), (want, false), "{bad}: {e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
+        let e = open_volume(&root.path().join("gone"), "d/ok.bin", 0)
+            .err()
+            .ok_or("accepted")?;
+        assert_eq!((e.reason, e.retriable), (reason::SOURCE_VOLUME_UNAVAILABLE, true));
+        Ok(())
+    }
+
+    /// Without openat2 the walk follows no symbolic link at all, and still refuses FIFOs.
+    #[test]
+    fn the_walk_without_openat2_follows_no_link() -> Result<(), Box<dyn std::error::Error>> {
+        let (_outside, root) = volume()?;
+        let dir = File::open(root.path())?;
+        let fd = open_by_walk(&dir, Path::new("d/ok.bin"))?;
+        assert_eq!(read(finish(File::from(fd), 0, "f")?)?, "ok");
+        for link in ["inner", "d/link", "outdir/secret", "absolute"] {
+            assert_eq!(open_by_walk(&dir, Path::new(link)).err(), Some(Errno::ELOOP), "{link}");
+        }
+        let fd = open_by_walk(&dir, Path::new("fifo"))?;
+        let e = finish(File::from(fd), 0, "f").err().ok_or("a FIFO accepted")?;
+        assert_eq!(e.reason, reason::UNSUPPORTED_INPUT);
         Ok(())
     }
 
