@@ -6,6 +6,7 @@ pub mod event;
 pub mod generate;
 pub mod job;
 pub mod names;
+pub mod redact;
 
 pub use event::{EVENT_VERSION, EventError, EventStatus, ProgressEvent};
 pub use job::{

@@ -85,4 +85,8 @@ pub mod reason {
     pub const ANALYZER_FAILED: &str = "AnalyzerFailed";
     pub const DIGEST_MISMATCH: &str = "DigestMismatch";
     pub const HEADERS_SECRET_NOT_ALLOWED: &str = "HeadersSecretNotAllowed";
+    /// A url source (or a redirect hop) leads to an address the worker's egress policy denies.
+    pub const EGRESS_DENIED: &str = "EgressDenied";
+    /// A redirect from https to http, without a usable Location, or one too many.
+    pub const REDIRECT_REFUSED: &str = "RedirectRefused";
 }

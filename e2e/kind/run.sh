@@ -108,6 +108,9 @@ if [ "$INSTALL_WITH" = helm ]; then
 else
   kubectl apply -f manifests/install.yaml
 fi
+# The suite's url sources are on the in-cluster file server (a private address, which the
+# workers' egress policy denies unless allowed): allow that one host.
+kubectl -n "$NS" set env statefulset/streamscan-worker STREAMSCAN_EGRESS_ALLOW_HOSTS=files.streamscan.svc
 kubectl -n "$NS" rollout status deployment/streamscan-controller --timeout=300s
 kubectl -n "$NS" rollout status deployment/streamscan-gateway --timeout=300s
 kubectl -n "$NS" rollout status statefulset/streamscan-worker --timeout=300s

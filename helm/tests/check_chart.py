@@ -79,6 +79,7 @@ NON_DEFAULT = {
                          "jwtIssuer": "https://id.example.com", "jwtAudience": "streamscan"},
                 "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "scan", "effect": "NoSchedule"}]},
     "worker": {"replicas": 5, "maxReplicas": 8, "capacity": 8, "httpPort": 9090, "urlHeadersSecrets": True,
+               "egress": {"allowCidrs": ["10.20.0.0/16", "fd00:1::/64"], "allowHosts": ["mirror.internal"]},
                "poolLabels": {"streamscan.io/pool": "large"},
                "dataVolume": {"size": "500Gi", "storageClassName": "fast-ssd"},
                "sourceVolume": {"enabled": True, "claimName": "firmware-images"},
@@ -86,6 +87,9 @@ NON_DEFAULT = {
                "pdb": {"maxUnavailable": 2},
                "selfLabelPolicy": {"enabled": True}},
     "networkPolicy": {"enabled": True,
+                      "workerEgress": {"enabled": True, "apiServerCidrs": ["172.18.0.2/32"],
+                                       "to": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kafka"}}}],
+                                               "ports": [{"port": 9093}]}]},
                       "gatewayIngressFrom": [{"namespaceSelector": {"matchLabels": {"ingress": "true"}}}],
                       "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
@@ -98,6 +102,8 @@ BAD_VALUES = [
     ({"controller": {"replicas": 0}}, "controller/replicas"),
     ({"kafka": {"bootstrap": ""}}, "kafka/bootstrap"),
     ({"gateway": {"auth": {"jwtIssuer": " "}}}, "auth/jwtIssuer"),
+    ({"worker": {"egress": {"allowCidrs": ["10.0.0.0"]}}}, "egress/allowCidrs"),
+    ({"worker": {"egress": {"allowHosts": ["http://x"]}}}, "egress/allowHosts"),
     ({"gateway": {"auth": {"jwtAudience": ""}}}, "auth/jwtAudience"),
     ({"kafka": {"bootstrap": "no-port-here"}}, "kafka/bootstrap"),
     ({"redis": {"url": "http://redis:6379"}}, "redis/url"),
@@ -538,6 +544,17 @@ def main() -> int:
             wk = find(objs, "StatefulSet", "scan-worker")["spec"]["template"]["spec"]
             wargs = wk["containers"][0]["args"]
             assert "--url-headers-secrets=true" in wargs and "--allow-url-headers-secrets=true" in args
+            assert "--egress-allow-cidr=10.20.0.0/16,fd00:1::/64" in wargs and "--egress-allow-host=mirror.internal" in wargs, wargs
+            np = find(objs, "NetworkPolicy", "scan-worker")["spec"]
+            assert np["policyTypes"] == ["Ingress", "Egress"], np
+            peers = [p for rule in np["egress"] for p in rule.get("to", [])]
+            blocks = {p["ipBlock"]["cidr"]: p["ipBlock"].get("except", []) for p in peers if "ipBlock" in p}
+            assert "169.254.0.0/16" in blocks["0.0.0.0/0"] and "10.0.0.0/8" in blocks["0.0.0.0/0"], blocks
+            assert "fc00::/7" in blocks["::/0"], blocks
+            assert {"172.18.0.2/32", "10.20.0.0/16", "fd00:1::/64"} <= set(blocks), blocks
+            assert any(p.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for p in peers), peers
+            assert any(p.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": "kafka"}
+                       for p in peers), peers
             assert "--kafka-username=streamscan-worker" in wargs and "--kafka-password-file=/var/run/secrets/streamscan/kafka-user/password" in wargs
             vols = {v["name"]: v for v in wk["volumes"]}
             assert vols["kafka-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]

@@ -10,6 +10,8 @@ S = lambda **kw: {"type": "string", **kw}
 I = lambda minimum=None, **kw: {"type": "integer", **({"minimum": minimum} if minimum is not None else {}), **kw}
 B = lambda **kw: {"type": "boolean", **kw}
 OBJ = {"type": "object"}
+# An IPv4 or IPv6 CIDR (the worker parses it; this catches typos at install time).
+CIDR = {"type": "string", "pattern": r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)/[0-9]{1,3}$"}
 ARR = {"type": "array"}
 
 
@@ -114,6 +116,12 @@ schema = obj({
         "capacity": I(1, maximum=1000, description="concurrent analyses per server; at least 1"),
         "httpPort": I(1, maximum=65535),
         "modelUrl": S(pattern=r"^(https?://.+)?$"),
+        "egress": obj({
+            "allowCidrs": {"type": "array", "items": CIDR,
+                           "description": "ranges url sources may reach although internal (loopback, private, link-local...)"},
+            "allowHosts": {"type": "array", "items": S(minLength=1, pattern=r"^[A-Za-z0-9.-]+$"),
+                           "description": "host names url sources may reach whatever they resolve to"},
+        }),
         "urlHeadersSecrets": B(description="let url sources send request headers from a Secret labeled streamscan.io/url-headers=true in the jobs' namespace (grants the worker get on Secrets there)"),
         "poolLabels": {"type": "object", "additionalProperties": S()},
         "dataVolume": obj({
@@ -132,7 +140,12 @@ schema = obj({
         **SCHED,
     }),
     "serviceAccount": obj({"create": B(), "annotations": {"type": "object", "additionalProperties": S()}, "automountToken": B()}),
-    "networkPolicy": obj({"enabled": B(), "gatewayIngressFrom": ARR, "metricsFrom": ARR}),
+    "networkPolicy": obj({"enabled": B(), "gatewayIngressFrom": ARR, "metricsFrom": ARR,
+                          "workerEgress": obj({
+                              "enabled": B(),
+                              "apiServerCidrs": {"type": "array", "items": CIDR},
+                              "apiServerPorts": {"type": "array", "items": I(1, maximum=65535)},
+                              "to": ARR})}),
     "metrics": obj({"serviceMonitor": obj({
         "enabled": B(), "interval": S(pattern=r"^[0-9]+(ms|s|m|h)$"),
         "labels": {"type": "object", "additionalProperties": S()}})}),

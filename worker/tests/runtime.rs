@@ -49,6 +49,8 @@ struct Files {
     /// Range header of every request, in order (None: a full request).
     ranges: Arc<Mutex<Vec<Option<String>>>>,
     dropped: Arc<Mutex<bool>>,
+    /// `/to/{name}` answers 302 to this URL.
+    redirects: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 async fn serve_file(
@@ -56,6 +58,18 @@ async fn serve_file(
     UrlPath((mode, name)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    if mode == "to" {
+        let target = files
+            .redirects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned();
+        return match target {
+            Some(target) => (StatusCode::FOUND, [(header::LOCATION, target)]).into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
     // `/auth/...` wants the header a job's headersSecretRef supplies.
     if mode == "auth" && headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some("k3y") {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -115,10 +129,15 @@ async fn serve_file(
 
 impl Files {
     async fn start(&self) -> Res<SocketAddr> {
+        self.start_on("127.0.0.1").await
+    }
+
+    /// The same files on another address (another origin).
+    async fn start_on(&self, ip: &str) -> Res<SocketAddr> {
         let app = axum::Router::new()
             .route("/{mode}/{name}", axum::routing::get(serve_file))
             .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(addr)
@@ -256,6 +275,9 @@ impl Harness {
             "262144",
             "--progress-interval-ms",
             "300",
+            // The test's file server is on loopback, which the egress policy denies by default.
+            "--egress-allow-cidr",
+            "127.0.0.0/8",
         ];
         self.start_worker(server, log, &[&tuning[..], extra].concat()).await
     }
@@ -1268,6 +1290,147 @@ async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
         Some("3"),
         "the worker was ready before its pod carried its serverId"
     );
+    Ok(())
+}
+
+/// The egress policy: a url source may not reach loopback, link-local (cloud metadata) or private
+/// addresses by IP literal, by a name resolving there, or through a redirect hop; credentials in
+/// the URL never reach the CR or the events; the Secret's headers are not sent to another origin a
+/// redirect leads to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_sources_reach_no_internal_address_even_through_redirects() -> Res<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let h = Harness::start().await?;
+    h.files.add("e.bin", test_file(21));
+    let port = h.files_addr.port();
+    // The same files on 127.0.0.2: another origin.
+    let other = h.files.start_on("127.0.0.2").await?;
+    {
+        let mut redirects = h.files.redirects.lock().unwrap_or_else(|e| e.into_inner());
+        redirects.insert("loop".into(), format!("http://127.0.0.1:{port}/plain/e.bin"));
+        redirects.insert("cross".into(), format!("http://{other}/auth/e.bin"));
+        redirects.insert("same".into(), format!("http://localhost:{port}/auth/e.bin"));
+    }
+    let secrets: Api<Secret> = Api::namespaced(h.jobs.clone().into_client(), "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "key", "labels": {"streamscan.io/url-headers": "true"}},
+        "data": {"x-api-key": "azN5"},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+
+    // The default policy: nothing internal.
+    let (_strict, _) = h.start_worker("strict", "strict", &[]).await?;
+    let url = |location: String| json!({"url": {"location": location}});
+    h.job(
+        "lit",
+        "strict",
+        url(format!("http://127.0.0.1:{port}/plain/e.bin")),
+        &["digest"],
+    )
+    .await?;
+    h.job(
+        "name",
+        "strict",
+        url(format!("http://localhost:{port}/plain/e.bin")),
+        &["digest"],
+    )
+    .await?;
+    h.job(
+        "meta",
+        "strict",
+        url("http://169.254.169.254/latest/meta-data/".into()),
+        &["digest"],
+    )
+    .await?;
+    h.job(
+        "v6",
+        "strict",
+        url(format!("http://[::ffff:127.0.0.1]:{port}/plain/e.bin")),
+        &["digest"],
+    )
+    .await?;
+    h.job(
+        "creds",
+        "strict",
+        url(format!("http://user:s3cret@127.0.0.1:{port}/plain/e.bin")),
+        &["digest"],
+    )
+    .await?;
+    // localhost allowed by name, 127.0.0.2 by range; 127.0.0.1 as an IP literal is not.
+    let (_open, _) = h
+        .start_worker(
+            "open",
+            "open",
+            &[
+                "--egress-allow-host",
+                "localhost",
+                "--egress-allow-cidr",
+                "127.0.0.2/32",
+                "--url-headers-secrets",
+                "true",
+            ],
+        )
+        .await?;
+    let keyed = |location: String| json!({"url": {"location": location, "headersSecretRef": {"name": "key"}}});
+    h.job(
+        "hop",
+        "open",
+        url(format!("http://localhost:{port}/to/loop")),
+        &["digest"],
+    )
+    .await?;
+    h.job(
+        "cross",
+        "open",
+        keyed(format!("http://localhost:{port}/to/cross")),
+        &["digest"],
+    )
+    .await?;
+    h.job(
+        "same",
+        "open",
+        keyed(format!("http://localhost:{port}/to/same")),
+        &["digest"],
+    )
+    .await?;
+
+    h.wait_state("same", ExecutionState::Succeeded).await?;
+    for (name, reason, says) in [
+        ("lit", "EgressDenied", "127.0.0.1 is a loopback address"),
+        ("name", "EgressDenied", "is a loopback address"),
+        ("meta", "EgressDenied", "169.254.169.254 is a link-local address"),
+        ("v6", "EgressDenied", "127.0.0.1 is a loopback address"),
+        ("creds", "EgressDenied", "http://***@127.0.0.1"),
+        ("hop", "EgressDenied", "127.0.0.1 is a loopback address"),
+        // The header stayed with its origin: 127.0.0.2 answered 401 without it.
+        ("cross", "SourceNotFound", "401"),
+    ] {
+        let job = h.wait_state(name, ExecutionState::Failed).await?;
+        let status = serde_json::to_string(&job.status)?;
+        let e = job.status.and_then(|s| s.execution).ok_or("execution")?;
+        assert_eq!(e.reason.as_deref(), Some(reason), "{name}: {e:?}");
+        assert_eq!(e.retriable, Some(false), "{name} is fatal");
+        assert!(e.message.as_deref().is_some_and(|m| m.contains(says)), "{name}: {e:?}");
+        let events = h.events(&format!("{name}-e1")).await?;
+        check_stream(&events, EventStatus::Failed);
+        let events = format!("{:?}", events.iter().map(|(e, _)| e).collect::<Vec<_>>());
+        for text in [&status, &events] {
+            assert!(
+                !text.contains("s3cret"),
+                "{name}: a URL's password reached the CR or events: {text}"
+            );
+        }
+    }
+    // One file was served (same, with the header; cross was refused for want of it, and
+    // redirects are not counted): nothing the policy denies was ever requested.
+    let requests = h.files.ranges.lock().unwrap_or_else(|e| e.into_inner()).len();
+    assert_eq!(
+        requests, 1,
+        "requests reached the file server that the policy should have stopped"
+    );
+    let log = h.log("strict");
+    assert!(!log.contains("s3cret"), "a URL's password reached the log");
     Ok(())
 }
 

@@ -420,6 +420,10 @@ impl Devstack {
             self.opts.capacity.to_string(),
             "--log-format".into(),
             "json".into(),
+            // Every server of a devstack is on this machine's loopback, which url sources may not
+            // reach on a deployed worker.
+            "--egress-allow-cidr".into(),
+            "127.0.0.0/8".into(),
         ];
         args.extend(self.kafka_args());
         args.extend(self.opts.worker_args.iter().cloned());

@@ -49,6 +49,15 @@ pub struct ServeArgs {
     /// `HeadersSecretNotAllowed`.
     #[arg(long, env = "STREAMSCAN_URL_HEADERS_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
     pub url_headers_secrets: bool,
+    /// Address ranges url sources may reach although the egress policy denies their class
+    /// (loopback, link-local, private, CGNAT, unique-local...), e.g. an internal mirror's subnet.
+    /// Repeatable or comma-separated.
+    #[arg(long, env = "STREAMSCAN_EGRESS_ALLOW_CIDRS", value_delimiter = ',')]
+    pub egress_allow_cidr: Vec<ipnet::IpNet>,
+    /// Host names url sources may reach whatever they resolve to (e.g. an in-cluster file
+    /// server). Repeatable or comma-separated.
+    #[arg(long, env = "STREAMSCAN_EGRESS_ALLOW_HOSTS", value_delimiter = ',')]
+    pub egress_allow_host: Vec<String>,
     /// Time allowed after SIGTERM to stop jobs and flush events.
     #[arg(long, default_value_t = 25)]
     pub shutdown_grace_seconds: u64,

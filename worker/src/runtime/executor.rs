@@ -129,6 +129,8 @@ pub struct Shared {
     pub shutdown_grace: Duration,
     /// Whether `headersSecretRef` may be read (labeled Secrets only).
     pub url_headers_secrets: bool,
+    /// What url sources may reach (the client's resolver holds the same policy).
+    pub egress: Arc<super::egress::Egress>,
 }
 
 /// The job fields an attempt needs.
@@ -490,7 +492,10 @@ async fn headers_secret(
 async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: CancelToken) -> Result<Opened, SourceError> {
     let source = &job.source;
     if let Some(url) = &source.url {
-        let mut options = UrlOptions::default();
+        let mut options = UrlOptions {
+            egress: shared.egress.clone(),
+            ..UrlOptions::default()
+        };
         if let Some(secret) = &url.headers_secret_ref {
             options.headers = headers_secret(shared, &job.namespace, &secret.name).await?;
         }
@@ -729,7 +734,7 @@ async fn succeed(
         return fail(shared, job, writer, emitter, publisher, bytes, failure).await;
     }
     let source = match (&job.source.url, &job.source.volume, &job.source.upload) {
-        (Some(u), _, _) => u.location.clone(),
+        (Some(u), _, _) => streamscan_api::redact::url(&u.location).into_owned(),
         (_, Some(v), _) => v.path.clone(),
         (_, _, Some(u)) => u.file_name.clone().unwrap_or_else(|| "upload".into()),
         _ => String::new(),

@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod decide;
+pub mod egress;
 pub mod events;
 pub mod executor;
 pub mod http;

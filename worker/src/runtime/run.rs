@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use super::args::ServeArgs;
+use super::egress::Egress;
 use super::executor::{Metrics, Shared};
 use super::http::{self, HttpState};
 use super::sources;
@@ -108,13 +109,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     tracing::info!(server_id = %args.server_id, namespace = %args.namespace, http = %bound, capacity = args.capacity, "worker serving");
 
+    let egress = Arc::new(Egress::new(
+        args.egress_allow_cidr.clone(),
+        args.egress_allow_host.clone(),
+    ));
     let shared = Arc::new(Shared {
         server_id: args.server_id.clone(),
         store,
         jobs: jobs.clone(),
         kafka,
         topic: args.kafka.kafka_topic.clone(),
-        http: sources::http_client().context("building the HTTP client")?,
+        http: sources::http_client(egress.clone()).context("building the HTTP client")?,
         permits: Arc::new(Semaphore::new(args.capacity)),
         uploads,
         metrics,
@@ -130,6 +135,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         progress_interval: Duration::from_millis(args.progress_interval_ms),
         upload_wait: Duration::from_secs(args.upload_wait_seconds),
         url_headers_secrets: args.url_headers_secrets,
+        egress,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
     });
     // Returns after SIGTERM once every attempt stopped and flushed (each bounded by the grace

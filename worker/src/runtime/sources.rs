@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path};
@@ -22,10 +23,12 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::Mode;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::header::{CONTENT_RANGE, LOCATION, RANGE};
 use streamscan_api::names::reason;
+use streamscan_api::redact;
 use tokio::sync::mpsc;
 
+use super::egress::{Denied, Egress, Resolver};
 use crate::engine::pipeline::CancelToken;
 
 /// Why a source cannot be read; `retriable` says whether trying again later may work.
@@ -218,14 +221,17 @@ fn finish(mut file: File, offset: u64, what: &str) -> Result<Opened, SourceError
     })
 }
 
-/// How a URL download retries.
+/// How a URL download retries, and what it may reach.
 #[derive(Clone, Debug)]
 pub struct UrlOptions {
     /// Attempts to continue after a dropped connection.
     pub retries: u32,
     pub backoff: Duration,
-    /// Request headers (from the job's `headersSecretRef`), sent with every request.
+    /// Request headers (from the job's `headersSecretRef`), sent with every request to the URL's
+    /// own origin; dropped once a redirect leads to another one.
     pub headers: reqwest::header::HeaderMap,
+    /// The egress policy, for IP-literal hosts (the client's resolver checks names).
+    pub egress: Arc<Egress>,
 }
 
 impl Default for UrlOptions {
@@ -234,6 +240,7 @@ impl Default for UrlOptions {
             retries: 5,
             backoff: Duration::from_millis(200),
             headers: reqwest::header::HeaderMap::new(),
+            egress: Arc::new(Egress::default()),
         }
     }
 }
@@ -265,33 +272,150 @@ pub fn headers_from_secret(
     Ok(headers)
 }
 
-/// The HTTP client for sources: no proxy (a cluster's proxy variables are not for this), and
-/// no overall timeout since a large download takes minutes.
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
+/// The HTTP client for sources: no proxy (a cluster's proxy variables are not for this), no
+/// overall timeout since a large download takes minutes, every resolved address checked against
+/// `egress`, and no redirect followed on its own ([`request`] follows them, checking each hop).
+pub fn http_client(egress: Arc<Egress>) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(Resolver { egress }))
         .build()
 }
 
-/// Sends a GET from `offset`; returns the response, positioned at `offset`, and the total length.
+/// Redirects followed for one request, as browsers and reqwest do by default.
+const MAX_REDIRECTS: usize = 10;
+
+/// A reqwest error without its URL (which may carry credentials) and with its causes.
+fn describe(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    redact::url(&text).into_owned()
+}
+
+/// The egress refusal behind a failed request, if that is why it failed.
+fn denied_in(err: &reqwest::Error) -> Option<Denied> {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(denied) = cause.downcast_ref::<Denied>() {
+            return Some(denied.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Refuses a target the client cannot be trusted to check: a scheme other than http(s), and an
+/// IP-literal host (the resolver never sees it).
+fn check_target(egress: &Egress, url: &reqwest::Url) -> Result<(), SourceError> {
+    let shown = redact::url(url.as_str()).into_owned();
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(SourceError::fatal(
+            reason::REDIRECT_REFUSED,
+            format!("{shown}: only http and https are fetched"),
+        ));
+    }
+    let host = url.host_str().unwrap_or_default();
+    let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+        return Ok(());
+    };
+    egress
+        .check(host, ip)
+        .map_err(|denied| SourceError::fatal(reason::EGRESS_DENIED, format!("fetching {shown}: {denied}")))
+}
+
+/// Where a redirect leads, refusing a downgrade from https to http.
+fn redirect_target(from: &reqwest::Url, response: &reqwest::Response) -> Result<reqwest::Url, SourceError> {
+    let shown = redact::url(from.as_str()).into_owned();
+    let next = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| from.join(v).ok())
+        .ok_or_else(|| {
+            SourceError::fatal(
+                reason::REDIRECT_REFUSED,
+                format!(
+                    "fetching {shown}: the server answered {} without a usable Location",
+                    response.status()
+                ),
+            )
+        })?;
+    if from.scheme() == "https" && next.scheme() == "http" {
+        return Err(SourceError::fatal(
+            reason::REDIRECT_REFUSED,
+            format!(
+                "fetching {shown}: redirected from https to http ({}), which would lose the connection's TLS: \
+                 refused; give the https URL",
+                redact::url(next.as_str())
+            ),
+        ));
+    }
+    Ok(next)
+}
+
+/// Sends a GET from `offset`, following redirects (each hop checked, the Secret's headers sent
+/// only to the URL's own origin); returns the response, positioned at `offset`, and the length.
 async fn request(
     client: &reqwest::Client,
     url: &str,
-    headers: &reqwest::header::HeaderMap,
+    options: &UrlOptions,
     offset: u64,
 ) -> Result<(reqwest::Response, u64, Option<u64>), SourceError> {
-    let mut req = client.get(url).headers(headers.clone());
-    if offset > 0 {
-        req = req.header(RANGE, format!("bytes={offset}-"));
+    let shown = redact::url(url).into_owned();
+    let mut current = reqwest::Url::parse(url)
+        .map_err(|e| SourceError::fatal(reason::UNSUPPORTED_INPUT, format!("{shown} is not a valid URL: {e}")))?;
+    let origin = current.origin();
+    let mut headers = options.headers.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        check_target(&options.egress, &current)?;
+        let mut req = client.get(current.clone()).headers(headers.clone());
+        if offset > 0 {
+            req = req.header(RANGE, format!("bytes={offset}-"));
+        }
+        let response = req.send().await.map_err(|e| {
+            let at = redact::url(current.as_str()).into_owned();
+            match denied_in(&e) {
+                Some(denied) => SourceError::fatal(reason::EGRESS_DENIED, format!("fetching {at}: {denied}")),
+                None => SourceError::retriable(reason::SOURCE_UNAVAILABLE, format!("fetching {at}: {}", describe(e))),
+            }
+        })?;
+        let status = response.status();
+        if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+            let next = redirect_target(&current, &response)?;
+            if next.origin() != origin && !headers.is_empty() {
+                tracing::info!(url = %shown, "a redirect leads to another origin: the Secret's headers are not sent there");
+                headers.clear();
+            }
+            current = next;
+            continue;
+        }
+        return answered(response, offset, &shown);
     }
-    let response = req
-        .send()
-        .await
-        .map_err(|e| SourceError::retriable(reason::SOURCE_UNAVAILABLE, format!("fetching {url}: {e}")))?;
-    let status = response.status();
-    match status {
+    Err(SourceError::fatal(
+        reason::REDIRECT_REFUSED,
+        format!("fetching {shown}: more than {MAX_REDIRECTS} redirects"),
+    ))
+}
+
+/// Classifies a final (non-redirect) answer.
+fn answered(
+    response: reqwest::Response,
+    offset: u64,
+    shown: &str,
+) -> Result<(reqwest::Response, u64, Option<u64>), SourceError> {
+    match response.status() {
         StatusCode::PARTIAL_CONTENT if offset > 0 => {
             // Content-Range: bytes start-end/total
             let total = response
@@ -310,12 +434,12 @@ async fn request(
         s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
             Err(SourceError::retriable(
                 reason::SOURCE_UNAVAILABLE,
-                format!("fetching {url}: the server answered {s}"),
+                format!("fetching {shown}: the server answered {s}"),
             ))
         }
         s => Err(SourceError::fatal(
             reason::SOURCE_NOT_FOUND,
-            format!("fetching {url}: the server answered {s}"),
+            format!("fetching {shown}: the server answered {s}"),
         )),
     }
 }
@@ -329,7 +453,7 @@ pub async fn open_url(
     options: UrlOptions,
     cancel: CancelToken,
 ) -> Result<Opened, SourceError> {
-    let (response, at, total) = request(&client, &url, &options.headers, offset).await?;
+    let (response, at, total) = request(&client, &url, &options, offset).await?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let task = tokio::spawn(pump(client, url, response, at, offset, total, options, tx));
     Ok(Opened {
@@ -355,6 +479,7 @@ async fn pump(
     options: UrlOptions,
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) {
+    let shown = redact::url(&url).into_owned();
     let mut failures = 0u32;
     loop {
         let dropped = loop {
@@ -379,7 +504,7 @@ async fn pump(
                     break format!("the connection ended at byte {want} of {}", total.unwrap_or_default());
                 }
                 Ok(None) => return,
-                Err(e) => break format!("the download broke at byte {want}: {e}"),
+                Err(e) => break format!("the download broke at byte {want}: {}", describe(e)),
             }
         };
         // Continue from the next byte we need.
@@ -388,21 +513,21 @@ async fn pump(
             if failures > options.retries {
                 let _ = tx
                     .send(Err(io::Error::other(format!(
-                        "{url}: {dropped}; gave up after {} retries",
+                        "{shown}: {dropped}; gave up after {} retries",
                         options.retries
                     ))))
                     .await;
                 return;
             }
             tokio::time::sleep(options.backoff * 2u32.saturating_pow(failures - 1)).await;
-            tracing::info!(%url, offset = want, "resuming the download with an HTTP Range request");
-            match request(&client, &url, &options.headers, want).await {
+            tracing::info!(url = %shown, offset = want, "resuming the download with an HTTP Range request");
+            match request(&client, &url, &options, want).await {
                 Ok((r, from, _)) => {
                     response = r;
                     at = from;
                     break;
                 }
-                Err(e) if e.retriable => tracing::warn!(%url, error = %e, "retrying the download"),
+                Err(e) if e.retriable => tracing::warn!(url = %shown, error = %e, "retrying the download"),
                 Err(e) => {
                     let _ = tx.send(Err(io::Error::other(e.message))).await;
                     return;
@@ -558,6 +683,51 @@ mod tests {
         let fd = open_by_walk(&dir, Path::new("fifo"))?;
         let e = finish(File::from(fd), 0, "f").err().ok_or("a FIFO accepted")?;
         assert_eq!(e.reason, reason::UNSUPPORTED_INPUT);
+        Ok(())
+    }
+
+    fn redirect(location: &str) -> reqwest::Response {
+        let response = axum::http::Response::builder()
+            .status(302)
+            .header("location", location)
+            .body(Vec::<u8>::new())
+            .unwrap_or_default();
+        reqwest::Response::from(response)
+    }
+
+    #[test]
+    fn redirects_never_downgrade_and_targets_are_checked() -> Result<(), Box<dyn std::error::Error>> {
+        let https = reqwest::Url::parse("https://u:pw@files.example/fw.bin")?;
+        let e = redirect_target(&https, &redirect("http://files.example/fw.bin"))
+            .err()
+            .ok_or("a downgrade was followed")?;
+        assert_eq!((e.reason, e.retriable), (reason::REDIRECT_REFUSED, false));
+        assert!(
+            e.message.contains("from https to http") && !e.message.contains("pw"),
+            "{e}"
+        );
+        assert_eq!(
+            redirect_target(&https, &redirect("/mirror/fw.bin"))?.as_str(),
+            "https://u:pw@files.example/mirror/fw.bin"
+        );
+        let http = reqwest::Url::parse("http://files.example/fw.bin")?;
+        assert_eq!(
+            redirect_target(&http, &redirect("https://cdn.example/fw.bin"))?.as_str(),
+            "https://cdn.example/fw.bin",
+            "an upgrade is fine"
+        );
+        let egress = Egress::default();
+        for (target, want) in [
+            ("file:///etc/passwd", reason::REDIRECT_REFUSED),
+            ("http://10.0.0.1/x", reason::EGRESS_DENIED),
+            ("http://[fe80::1]/x", reason::EGRESS_DENIED),
+        ] {
+            let e = check_target(&egress, &reqwest::Url::parse(target)?)
+                .err()
+                .ok_or(target)?;
+            assert_eq!(e.reason, want, "{target}");
+        }
+        assert!(check_target(&egress, &reqwest::Url::parse("https://93.184.216.34/x")?).is_ok());
         Ok(())
     }
 

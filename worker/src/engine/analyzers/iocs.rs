@@ -218,6 +218,13 @@ fn valid_url_host(host: &[u8]) -> bool {
     host.eq_ignore_ascii_case(b"localhost") || is_ipv4(host) || is_domain(host)
 }
 
+/// Whether the e-mail-like run starting at `s` is a URL's user-info (`scheme://user:PASS@host`):
+/// the URL finding covers it, redacted, and it must not come back as an address.
+fn in_url_userinfo(hay: &[u8], s: usize) -> bool {
+    let before = &hay[s.saturating_sub(LOCAL_MAX + 3)..s];
+    memmem::rfind(before, b"://").is_some_and(|i| before[i + 3..].iter().all(|&b| is_local(b) || b == b':'))
+}
+
 fn url_severity(url: &str) -> Severity {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let host = url_host(rest.as_bytes());
@@ -283,7 +290,12 @@ impl IocsAnalyzer {
     }
 
     fn record(&mut self, kind: Kind, value: &[u8], offset: u64) {
-        let value = String::from_utf8_lossy(value).into_owned();
+        let value = String::from_utf8_lossy(value);
+        // A URL's user-info (a password) is not copied into the report.
+        let value = match kind {
+            Kind::Url => streamscan_api::redact::url(&value).into_owned(),
+            _ => value.into_owned(),
+        };
         let len = value.len() as u64;
         if let Some(e) = self.table.get_mut(&(kind, value.clone())) {
             e.1 += 1;
@@ -347,7 +359,7 @@ impl IocsAnalyzer {
             }
             let (s, _) = trim(hay, a, at, b".");
             let (ds, de) = trim(hay, at + 1, b, b".-");
-            if s >= at || ds != at + 1 || !is_domain(&hay[ds..de]) {
+            if s >= at || ds != at + 1 || !is_domain(&hay[ds..de]) || in_url_userinfo(hay, s) {
                 continue;
             }
             out.push((Kind::Email, s, de));

@@ -203,3 +203,15 @@ fn indicator_edges() {
     );
     assert!(is_ipv4(b"0.0.0.0") && !is_ipv4(b"1.2.3") && !is_ipv4(b"1.2.3.04"));
 }
+
+#[test]
+fn a_urls_password_is_not_copied_into_the_report() {
+    let found = values("cfg: http://admin:hunter2@example.com/fw.bin end");
+    let urls: Vec<_> = found.iter().filter(|(rule, _)| rule == "url").collect();
+    assert_eq!(
+        urls,
+        [&("url".to_string(), "http://***@example.com/fw.bin".to_string())],
+        "{found:?}"
+    );
+    assert!(found.iter().all(|(_, v)| !v.contains("hunter2")), "{found:?}");
+}
