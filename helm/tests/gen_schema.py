@@ -140,6 +140,7 @@ schema = obj({
         **SCHED,
     }),
     "serviceAccount": obj({"create": B(), "annotations": {"type": "object", "additionalProperties": S()}, "automountToken": B()}),
+    "jobOwnerPolicy": obj({"enabled": B(), "exemptGroups": {"type": "array", "items": S(minLength=1)}}),
     "networkPolicy": obj({"enabled": B(), "gatewayIngressFrom": ARR, "metricsFrom": ARR,
                           "workerEgress": obj({
                               "enabled": B(),

@@ -1116,6 +1116,31 @@ async fn create_is_idempotent_and_forces_the_owner() -> Res {
             .map(String::as_str),
         Some("req-1")
     );
+    // The name cannot be computed from the user and the key alone (it is keyed by the
+    // installation's secret), and no one can create it through the gateway first.
+    let unkeyed = format!("aj-{}", &hex::encode(Sha256::digest(b"\nalice\nreq-1"))[..20]);
+    assert_ne!(first.name_any(), unkeyed);
+    let squat = h
+        .http
+        .post(gw.url("/v1/jobs"))
+        .bearer_auth(token("bob", false))
+        .json(&json!({"metadata": {"name": first.name_any()}, "spec": body["spec"]}))
+        .send()
+        .await?;
+    assert_eq!(squat.status(), 422);
+    assert!(squat.text().await?.contains("reserved"), "the refusal says why");
+    let bobs = h
+        .http
+        .post(gw.url("/v1/jobs"))
+        .bearer_auth(token("bob", false))
+        .header("idempotency-key", "req-1")
+        .json(&body)
+        .send()
+        .await?;
+    assert_eq!(bobs.status(), 201, "the same key is another job for another user");
+    let bobs: AnalysisJob = bobs.json().await?;
+    assert_ne!(bobs.name_any(), first.name_any());
+    assert_eq!(bobs.spec.user_id, "bob");
     let invalid = h
         .http
         .post(gw.url("/v1/jobs"))

@@ -174,6 +174,26 @@ impl Registry {
                 &["netpol"],
                 false,
             ),
+            // The chart's admission policies (stored, not enforced: the real API server's tests
+            // prove what they refuse).
+            builtin(
+                "admissionregistration.k8s.io",
+                "v1",
+                "validatingadmissionpolicies",
+                "ValidatingAdmissionPolicy",
+                false,
+                &[],
+                true,
+            ),
+            builtin(
+                "admissionregistration.k8s.io",
+                "v1",
+                "validatingadmissionpolicybindings",
+                "ValidatingAdmissionPolicyBinding",
+                false,
+                &[],
+                false,
+            ),
             builtin(
                 CRD_GROUP,
                 "v1",

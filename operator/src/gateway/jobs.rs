@@ -175,10 +175,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The object name a retried request maps to: the same user and key give the same name.
-pub fn idempotent_name(user: &str, key: &str) -> String {
-    let digest = Sha256::digest(format!("{user}\n{key}").as_bytes());
-    format!("aj-{}", &hex::encode(digest)[..20])
+/// The prefix of the names the gateway generates; a request may not name a job with it, so no
+/// user can take the name another user's retried request maps to.
+pub const GENERATED_PREFIX: &str = "aj-";
+
+/// The object name a retried request maps to: the same user and key give the same name. Keyed by
+/// the installation's internal token when there is one, so nobody can compute another user's
+/// name and create it first (by kubectl, say).
+pub fn idempotent_name(secret: Option<&str>, user: &str, key: &str) -> String {
+    let digest = Sha256::digest(format!("{}\n{user}\n{key}", secret.unwrap_or_default()).as_bytes());
+    format!("{GENERATED_PREFIX}{}", &hex::encode(digest)[..20])
 }
 
 /// Creates the job, or returns the one an earlier request with the same key created (`false`).
@@ -223,10 +229,24 @@ pub async fn create_job(
              worker.urlHeadersSecrets=true allows Secrets labeled streamscan.io/url-headers=true)",
         ));
     }
+    if let Some(name) = request
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| n.starts_with(GENERATED_PREFIX))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "metadata.name {name:?}: names starting with {GENERATED_PREFIX:?} are reserved for the names the \
+                 gateway generates; choose another name, or send an Idempotency-Key instead"
+            ),
+        ));
+    }
     let name = match (&request.metadata.name, key) {
         (Some(name), _) => name.clone(),
-        (None, Some(key)) => idempotent_name(&caller.user, key),
-        (None, None) => format!("aj-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        (None, Some(key)) => idempotent_name(state.worker_token.as_deref(), &caller.user, key),
+        (None, None) => format!("{GENERATED_PREFIX}{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
     };
     let mut job = AnalysisJob::new(&name, spec);
     job.metadata.namespace = Some(namespace.clone());
