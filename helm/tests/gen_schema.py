@@ -87,6 +87,7 @@ schema = obj({
         "backoffBaseSeconds": I(1),
         "backoffCapSeconds": I(1),
         "cleanupAttempts": I(1),
+        "defaultActiveDeadlineSeconds": I(0, maximum=4294967295, description="deadline of jobs that set none; 0: none"),
         "opsPort": I(1, maximum=65535),
         **SCHED,
     }),

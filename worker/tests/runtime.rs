@@ -103,7 +103,21 @@ async fn serve_file(
     let drop_now = mode == "drop"
         && start == 0
         && !std::mem::replace(&mut *files.dropped.lock().unwrap_or_else(|e| e.into_inner()), true);
-    let body = if drop_now {
+    let body = if mode == "trickle" {
+        // 16 bytes every 100 ms: alive, but far too slow.
+        let stream = futures::stream::unfold(body, |rest| async move {
+            if rest.is_empty() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let n = rest.len().min(16);
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&rest[..n])),
+                rest[n..].to_vec(),
+            ))
+        });
+        Body::from_stream(stream)
+    } else if drop_now {
         // Half the file, then the connection breaks with Content-Length unmet.
         let half = body[..body.len() / 2].to_vec();
         let stream = futures::stream::iter(vec![
@@ -1289,6 +1303,41 @@ async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
             .map(String::as_str),
         Some("3"),
         "the worker was ready before its pod carried its serverId"
+    );
+    Ok(())
+}
+
+/// A server that stays connected but sends a trickle (here 160 B/s) does not hold a slot forever:
+/// each stall window without enough bytes counts as a dropped connection, resumed with Range,
+/// and the job fails (retriable) once the retries are spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_source_is_given_up_as_stalled() -> Res<()> {
+    let h = Harness::start().await?;
+    h.files.add("slow.bin", test_file(22));
+    let (_worker, _) = h
+        .worker(
+            "s1",
+            "s1",
+            &["--source-stall-seconds", "1", "--source-stall-min-bytes", "4096"],
+        )
+        .await?;
+    h.job(
+        "slow",
+        "s1",
+        json!({"url": {"location": h.url("trickle", "slow.bin")}}),
+        &["digest"],
+    )
+    .await?;
+    let job = h.wait_state("slow", ExecutionState::Failed).await?;
+    let e = job.status.and_then(|s| s.execution).ok_or("execution")?;
+    assert!(e.message.as_deref().is_some_and(|m| m.contains("stalled")), "{e:?}");
+    assert_eq!(e.retriable, Some(true), "another server, or later, may do better");
+    // Five Range resumes after the first stall, each of them stalled too.
+    let ranges = h.files.ranges.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(ranges.len(), 6, "{ranges:?}");
+    assert!(
+        ranges[1..].iter().all(Option::is_some),
+        "resumed with Range: {ranges:?}"
     );
     Ok(())
 }

@@ -29,6 +29,8 @@ pub struct Settings {
     pub default_backoff_limit: i32,
     /// How often a waiting job is looked at again even if nothing wakes it.
     pub pending_resync: SignedDuration,
+    /// `spec.activeDeadlineSeconds` when unset: no job runs forever (None: unset means none).
+    pub default_active_deadline: Option<SignedDuration>,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Default for Settings {
             backoff_cap: SignedDuration::from_secs(360),
             default_backoff_limit: 6,
             pending_resync: SignedDuration::from_secs(30),
+            default_active_deadline: Some(SignedDuration::from_hours(24)),
         }
     }
 }
@@ -178,12 +181,15 @@ impl Ctx<'_, '_> {
         }
         if let Some(deadline) = self.deadline() {
             if deadline <= self.o.now {
-                let secs = job.spec.active_deadline_seconds.unwrap_or_default();
-                return self.finish(
-                    Phase::Failed,
-                    reason::DEADLINE_EXCEEDED,
-                    format!("not finished within activeDeadlineSeconds ({secs} s)"),
-                );
+                let message = match job.spec.active_deadline_seconds {
+                    Some(secs) => format!("not finished within activeDeadlineSeconds ({secs} s)"),
+                    None => format!(
+                        "not finished within the controller's default deadline ({} s, \
+                         --default-active-deadline-seconds); set spec.activeDeadlineSeconds for longer analyses",
+                        self.s.default_active_deadline.map_or(0, |d| d.as_secs())
+                    ),
+                };
+                return self.finish(Phase::Failed, reason::DEADLINE_EXCEEDED, message);
             }
             self.requeue_at(deadline);
         }
@@ -218,9 +224,12 @@ impl Ctx<'_, '_> {
     }
 
     fn deadline(&self) -> Option<Timestamp> {
-        let secs = self.o.job.spec.active_deadline_seconds?;
+        let limit = match self.o.job.spec.active_deadline_seconds {
+            Some(secs) => SignedDuration::from_secs(secs),
+            None => self.s.default_active_deadline?,
+        };
         let start = self.st.start_time.as_ref()?.0;
-        start.checked_add(SignedDuration::from_secs(secs)).ok()
+        start.checked_add(limit).ok()
     }
 
     fn pinned(&mut self, report: Option<&Execution>) {

@@ -399,6 +399,43 @@ fn deadline_fails_the_job_and_is_requeued_for() {
 }
 
 #[test]
+fn a_job_without_a_deadline_gets_the_controllers_default() {
+    let mut w = World::new(&["0"]);
+    w.settings.default_active_deadline = Some(SignedDuration::from_secs(600));
+    let (mut job, d) = w.apply(&url_job());
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs(600)),
+        "woken at the default deadline"
+    );
+    report(&mut job, ExecutionState::Running, None, None);
+    w.now = ts(599);
+    assert_eq!(w.decide(&job).status.phase, Some(Phase::Running));
+    w.now = ts(600);
+    let d = w.decide(&job);
+    assert_eq!(d.status.phase, Some(Phase::Failed));
+    assert_eq!(cond(&d, condition::FAILED), ("True", reason::DEADLINE_EXCEEDED));
+    let message = find_condition(&d.status.conditions, condition::FAILED).map(|c| c.message.clone());
+    assert!(
+        message.is_some_and(|m| m.contains("--default-active-deadline-seconds") && m.contains("600 s")),
+        "the message says where the deadline came from"
+    );
+
+    // The job's own deadline wins over the default, longer or shorter.
+    let mut own = url_job();
+    own.spec.active_deadline_seconds = Some(3600);
+    let (mut own, _) = w.apply(&own);
+    report(&mut own, ExecutionState::Running, None, None);
+    w.now = ts(3599);
+    assert_eq!(w.decide(&own).status.phase, Some(Phase::Running));
+
+    // No default: a job without a deadline runs as long as it takes.
+    w.settings.default_active_deadline = None;
+    w.now = ts(1_000_000);
+    assert_eq!(w.decide(&job).status.phase, Some(Phase::Running));
+}
+
+#[test]
 fn a_success_reported_before_the_deadline_check_stands() {
     let mut w = World::new(&["0"]);
     let mut job = url_job();

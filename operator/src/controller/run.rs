@@ -56,6 +56,10 @@ pub struct ControllerArgs {
     /// Longest retry delay.
     #[arg(long, default_value_t = 360)]
     pub backoff_cap_seconds: u32,
+    /// Seconds a job without `spec.activeDeadlineSeconds` may run (from its start) before it
+    /// fails with DeadlineExceeded, so that nothing holds a slot forever; 0: no default.
+    #[arg(long, default_value_t = 86_400)]
+    pub default_active_deadline_seconds: u32,
     /// Attempts to delete a deleted job's stored results before giving up with an Event.
     #[arg(long, default_value_t = 5)]
     pub cleanup_attempts: i32,
@@ -89,6 +93,8 @@ impl ControllerArgs {
             cancel_grace: SignedDuration::from_secs(i64::from(self.cancel_grace_seconds)),
             backoff_base: SignedDuration::from_secs(i64::from(self.backoff_base_seconds)),
             backoff_cap: SignedDuration::from_secs(i64::from(self.backoff_cap_seconds)),
+            default_active_deadline: (self.default_active_deadline_seconds > 0)
+                .then(|| SignedDuration::from_secs(i64::from(self.default_active_deadline_seconds))),
             ..Settings::default()
         }
     }

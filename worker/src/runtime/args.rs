@@ -49,6 +49,13 @@ pub struct ServeArgs {
     /// `HeadersSecretNotAllowed`.
     #[arg(long, env = "STREAMSCAN_URL_HEADERS_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
     pub url_headers_secrets: bool,
+    /// A url download that, over this many seconds spent waiting for the server, receives fewer
+    /// than --source-stall-min-bytes is stalled: continued with Range like a dropped connection,
+    /// and failed (retriable) when that keeps happening. Time the analysis spends is not counted.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub source_stall_seconds: u64,
+    #[arg(long, default_value_t = 64 << 10)]
+    pub source_stall_min_bytes: u64,
     /// Address ranges url sources may reach although the egress policy denies their class
     /// (loopback, link-local, private, CGNAT, unique-local...), e.g. an internal mirror's subnet.
     /// Repeatable or comma-separated.

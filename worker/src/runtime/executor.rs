@@ -131,6 +131,9 @@ pub struct Shared {
     pub url_headers_secrets: bool,
     /// What url sources may reach (the client's resolver holds the same policy).
     pub egress: Arc<super::egress::Egress>,
+    /// When a url download counts as stalled (see [`UrlOptions`]).
+    pub stall_window: Duration,
+    pub stall_min_bytes: u64,
 }
 
 /// The job fields an attempt needs.
@@ -494,6 +497,8 @@ async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: Cancel
     if let Some(url) = &source.url {
         let mut options = UrlOptions {
             egress: shared.egress.clone(),
+            stall_window: shared.stall_window,
+            stall_min_bytes: shared.stall_min_bytes,
             ..UrlOptions::default()
         };
         if let Some(secret) = &url.headers_secret_ref {

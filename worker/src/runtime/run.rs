@@ -136,6 +136,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         upload_wait: Duration::from_secs(args.upload_wait_seconds),
         url_headers_secrets: args.url_headers_secrets,
         egress,
+        stall_window: Duration::from_secs(args.source_stall_seconds),
+        stall_min_bytes: args.source_stall_min_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
     });
     // Returns after SIGTERM once every attempt stopped and flushed (each bounded by the grace

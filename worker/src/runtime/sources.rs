@@ -232,6 +232,11 @@ pub struct UrlOptions {
     pub headers: reqwest::header::HeaderMap,
     /// The egress policy, for IP-literal hosts (the client's resolver checks names).
     pub egress: Arc<Egress>,
+    /// A download is stalled when, over this much time spent waiting for the server (not for
+    /// the analysis), fewer than `stall_min_bytes` arrived: a server sending a byte a minute
+    /// would otherwise hold a slot forever. Stalled counts as a dropped connection.
+    pub stall_window: Duration,
+    pub stall_min_bytes: u64,
 }
 
 impl Default for UrlOptions {
@@ -241,6 +246,8 @@ impl Default for UrlOptions {
             backoff: Duration::from_millis(200),
             headers: reqwest::header::HeaderMap::new(),
             egress: Arc::new(Egress::default()),
+            stall_window: Duration::from_secs(60),
+            stall_min_bytes: 64 << 10,
         }
     }
 }
@@ -480,10 +487,34 @@ async fn pump(
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) {
     let shown = redact::url(&url).into_owned();
-    let mut failures = 0u32;
+    // Consecutive failures, reset by any byte; stalls are not (a trickling server sends some).
+    let (mut failures, mut stalls) = (0u32, 0u32);
     loop {
-        let dropped = loop {
-            match response.chunk().await {
+        // Time spent waiting for the server, and the bytes it sent, in the current stall window.
+        let (mut waited, mut received) = (Duration::ZERO, 0u64);
+        let (dropped, stalled) = loop {
+            let asked = Instant::now();
+            let next = tokio::time::timeout(options.stall_window.saturating_sub(waited), response.chunk()).await;
+            waited += asked.elapsed();
+            if let Ok(Ok(Some(chunk))) = &next {
+                received += chunk.len() as u64;
+            }
+            if waited >= options.stall_window {
+                if received < options.stall_min_bytes {
+                    let message = format!(
+                        "the download stalled at byte {want}: {received} bytes in {} s of waiting for the server \
+                         (at least {} expected)",
+                        options.stall_window.as_secs(),
+                        options.stall_min_bytes
+                    );
+                    break (message, true);
+                }
+                (waited, received) = (Duration::ZERO, 0);
+            }
+            let Ok(next) = next else {
+                continue;
+            };
+            match next {
                 Ok(Some(mut chunk)) => {
                     let end = at + chunk.len() as u64;
                     if end <= want {
@@ -501,12 +532,17 @@ async fn pump(
                     }
                 }
                 Ok(None) if total.is_some_and(|t| want < t) => {
-                    break format!("the connection ended at byte {want} of {}", total.unwrap_or_default());
+                    let message = format!("the connection ended at byte {want} of {}", total.unwrap_or_default());
+                    break (message, false);
                 }
                 Ok(None) => return,
-                Err(e) => break format!("the download broke at byte {want}: {}", describe(e)),
+                Err(e) => break (format!("the download broke at byte {want}: {}", describe(e)), false),
             }
         };
+        if stalled {
+            stalls += 1;
+            failures = failures.max(stalls - 1);
+        }
         // Continue from the next byte we need.
         loop {
             failures += 1;
