@@ -98,6 +98,8 @@ schema = obj({
         "opsPort": I(1, maximum=65535),
         "historyTtlSeconds": I(1),
         "maxUploadBytes": I(1),
+        "maxActiveJobsPerUser": I(0, description="unfinished jobs per user; 0: no limit"),
+        "maxStreamsPerUser": I(0, description="open event streams per user; 0: no limit"),
         "kafkaFetchWaitMaxMs": I(0, maximum=300000, description="longest time the broker may hold an empty fetch"),
         "kafkaSessionTimeoutMs": I(1000, description="consumer group session timeout"),
         "auth": obj({

@@ -998,6 +998,132 @@ async fn tokens_must_name_issuer_and_audience_and_use_the_header_outside_streami
     Ok(())
 }
 
+/// One user cannot take the installation: unfinished jobs and open streams are limited per user
+/// (429 saying which limit), a retried create still answers, and the list is paged.
+#[tokio::test]
+async fn per_user_limits_and_a_paged_job_list() -> Res {
+    let h = Harness::start().await?;
+    let gw = h
+        .gateway(
+            "gw",
+            &["--max-active-jobs-per-user", "2", "--max-streams-per-user", "1"],
+        )
+        .await?;
+    let create = |user: &str, key: &str| {
+        h.http
+            .post(gw.url("/v1/jobs"))
+            .bearer_auth(token(user, false))
+            .header("idempotency-key", key)
+            .json(&json!({"spec": {"source": {"url": {"location": "https://example.com/f.bin"}}}}))
+            .send()
+    };
+    assert_eq!(create("alice", "a1").await?.status(), 201);
+    let second: AnalysisJob = create("alice", "a2").await?.json().await?;
+    let refused = create("alice", "a3").await?;
+    assert_eq!(refused.status(), 429);
+    let text = refused.text().await?;
+    assert!(
+        text.contains("2 unfinished jobs") && text.contains("--max-active-jobs-per-user"),
+        "{text}"
+    );
+    assert_eq!(
+        create("alice", "a1").await?.status(),
+        200,
+        "a retried create answers at the limit"
+    );
+    assert_eq!(
+        create("bob", "b1").await?.status(),
+        201,
+        "another user has their own limit"
+    );
+    // A finished job no longer counts.
+    h.jobs
+        .patch_status(
+            &second.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await?;
+    assert_eq!(create("alice", "a3").await?.status(), 201);
+
+    // Streams: one per user here.
+    let first = ws_connect(&gw, &second.name_any(), &token("alice", false), None).await?;
+    let url = format!("ws://{}/v1/jobs/default/{}/events", gw.api, second.name_any());
+    let mut request = url.as_str().into_client_request()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {}", token("alice", false)).parse()?);
+    let over = tokio_tungstenite::connect_async(request.clone()).await;
+    assert!(
+        matches!(over, Err(tungstenite::Error::Http(ref r)) if r.status() == 429),
+        "{over:?}"
+    );
+    let sse = h
+        .http
+        .get(gw.url(&format!("/v1/jobs/default/{}/events", second.name_any())))
+        .bearer_auth(token("alice", false))
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
+    assert_eq!(sse.status(), 429, "SSE counts too");
+    drop(first);
+    // The slot is freed once the server sees the connection end.
+    within("the stream slot to be freed", async {
+        loop {
+            if tokio_tungstenite::connect_async(request.clone()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+
+    // Paging: alice's three jobs and bob's one, two per page.
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = gw.url("/v1/jobs?limit=2");
+        if let Some(token) = &next {
+            url.push_str(&format!("&continue={token}"));
+        }
+        let page: Value = h
+            .http
+            .get(url)
+            .bearer_auth(token("alice", false))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        assert!(items.len() <= 2, "{page}");
+        seen.extend(
+            items
+                .iter()
+                .map(|j| j["spec"]["userId"].as_str().unwrap_or_default().to_owned()),
+        );
+        pages += 1;
+        next = page["metadata"]["continue"].as_str().map(str::to_owned);
+        if next.is_none() || pages > 10 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        ["alice", "alice", "alice"],
+        "every one of alice's jobs, nobody else's"
+    );
+    assert_eq!(pages, 2);
+    let bad = h
+        .http
+        .get(gw.url("/v1/jobs?limit=0"))
+        .bearer_auth(token("alice", false))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 400);
+    Ok(())
+}
+
 /// The gateway refuses to start on an auth setup that would accept forged or foreign tokens, and
 /// says which flag to set.
 #[tokio::test]

@@ -36,6 +36,8 @@ pub struct Settings {
     pub placement_timeout: Duration,
     /// Whether jobs may name a `headersSecretRef`.
     pub allow_url_headers_secrets: bool,
+    /// Unfinished jobs a user may have at once (0: no limit).
+    pub max_active_jobs_per_user: usize,
 }
 
 pub struct AppState {
@@ -49,6 +51,8 @@ pub struct AppState {
     pub worker_token: Option<String>,
     pub settings: Settings,
     pub shutdown: CancellationToken,
+    /// Open event streams per user.
+    pub streams: super::limits::StreamSlots,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -49,18 +49,55 @@ pub async fn get(
     Ok(Json(owned_job(&state, &caller, &namespace, &name).await?))
 }
 
-pub async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /v1/jobs?limit=&continue=`: one page of the namespace's jobs, the caller's among them.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+/// Jobs per page unless `limit` says otherwise, and the most a page may hold.
+const PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+
+/// A page reads `limit` jobs of the namespace and returns the caller's among them (a page may so
+/// hold fewer, even none); `metadata.continue` is there while more remain.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = query.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_PAGE} (it is {limit})"
+        )));
+    }
     let api: Api<AnalysisJob> = match &state.settings.namespace {
         Some(ns) => Api::namespaced(state.client.clone(), ns),
         None => Api::all(state.client.clone()),
     };
-    let jobs = api.list(&ListParams::default()).await.map_err(|e| ApiError::kube(&e))?;
+    let mut params = ListParams::default().limit(limit);
+    if let Some(token) = query.continue_token.as_deref().filter(|t| !t.is_empty()) {
+        params = params.continue_token(token);
+    }
+    let jobs = api.list(&params).await.map_err(|e| match e {
+        kube::Error::Api(ref status) if status.code == 410 || status.code == 400 => {
+            ApiError::bad_request("the continue token is expired or invalid: list again from the start")
+        }
+        e => ApiError::kube(&e),
+    })?;
+    let next = jobs.metadata.continue_.clone().filter(|c| !c.is_empty());
     let items: Vec<AnalysisJob> = jobs
         .items
         .into_iter()
         .filter(|job| caller.owns(&job.spec.user_id))
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(match next {
+        Some(token) => json!({ "items": items, "metadata": {"continue": token} }),
+        None => json!({ "items": items, "metadata": {} }),
+    }))
 }
 
 pub async fn cancel(
@@ -258,6 +295,14 @@ pub async fn create_job(
         )]));
     }
     let api: Api<AnalysisJob> = Api::namespaced(state.client.clone(), &namespace);
+    // A retried request returns its job even at the limit.
+    if key.is_some()
+        && let Some(existing) = api.get_opt(&name).await.map_err(|e| ApiError::kube(&e))?
+        && same_request(&existing, caller, key)
+    {
+        return Ok((existing, false));
+    }
+    super::limits::check_active_jobs(&api, &caller.user, state.settings.max_active_jobs_per_user).await?;
     let params = PostParams {
         field_manager: Some(MANAGER_GATEWAY.to_owned()),
         ..PostParams::default()
@@ -270,17 +315,7 @@ pub async fn create_job(
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let existing = api.get_opt(&name).await.map_err(|e| ApiError::kube(&e))?;
             match existing {
-                Some(existing)
-                    if key.is_some()
-                        && existing.spec.user_id == caller.user
-                        && existing
-                            .annotations()
-                            .get(ANNOTATION_IDEMPOTENCY_KEY)
-                            .map(String::as_str)
-                            == key =>
-                {
-                    Ok((existing, false))
-                }
+                Some(existing) if same_request(&existing, caller, key) => Ok((existing, false)),
                 _ => Err(ApiError::new(
                     StatusCode::CONFLICT,
                     format!("analysisjob {namespace}/{name} already exists; choose another name"),
@@ -289,4 +324,15 @@ pub async fn create_job(
         }
         Err(err) => Err(ApiError::kube(&err)),
     }
+}
+
+/// Whether `existing` is the job an earlier request of this caller with this key created.
+fn same_request(existing: &AnalysisJob, caller: &Caller, key: Option<&str>) -> bool {
+    key.is_some()
+        && existing.spec.user_id == caller.user
+        && existing
+            .annotations()
+            .get(ANNOTATION_IDEMPOTENCY_KEY)
+            .map(String::as_str)
+            == key
 }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
 pub mod results;
 pub mod rewind;

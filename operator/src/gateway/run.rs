@@ -81,6 +81,13 @@ pub struct GatewayArgs {
     /// Largest upload.
     #[arg(long, default_value_t = 16 << 30)]
     pub max_upload_bytes: u64,
+    /// Unfinished jobs a user may have at once; more are refused with 429 (0: no limit).
+    #[arg(long, default_value_t = 50)]
+    pub max_active_jobs_per_user: usize,
+    /// Event streams (WebSocket and SSE) a user may hold open at once; more are refused with
+    /// 429 (0: no limit).
+    #[arg(long, default_value_t = 32)]
+    pub max_streams_per_user: usize,
     /// Seconds an upload waits for the controller to place its job.
     #[arg(long, default_value_t = 60)]
     pub placement_timeout_seconds: u64,
@@ -170,8 +177,10 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
             max_upload_bytes: args.max_upload_bytes,
             placement_timeout: Duration::from_secs(args.placement_timeout_seconds),
             allow_url_headers_secrets: args.allow_url_headers_secrets,
+            max_active_jobs_per_user: args.max_active_jobs_per_user,
         },
         shutdown: shutdown.clone(),
+        streams: super::limits::StreamSlots::new(args.max_streams_per_user),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

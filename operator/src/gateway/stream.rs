@@ -25,6 +25,7 @@ use super::error::ApiError;
 use super::http::AppState;
 use super::hub::{Published, Subscription};
 use super::jobs::{owned_job, request_cancel};
+use super::limits::StreamSlot;
 use super::seqset::SeqSet;
 
 /// Header telling a client connected without a resume point that history could not be replayed.
@@ -206,6 +207,8 @@ pub async fn events(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let job = owned_job(&state, &caller, &namespace, &name).await?;
+    // Held for as long as the connection lives.
+    let slot = state.streams.acquire(&caller.user)?;
     let analyze_id = job.uid().unwrap_or_default();
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let after = match (&query.after, last_event_id) {
@@ -230,14 +233,17 @@ pub async fn events(
                 // keep a thousand watchers cheap (writes still coalesce a dozen events).
                 .read_buffer_size(WS_READ_BUFFER)
                 .write_buffer_size(WS_WRITE_BUFFER)
-                .on_upgrade(move |socket| websocket(socket, state, caller, namespace, name, feed));
+                .on_upgrade(move |socket| async move {
+                    let _slot = slot;
+                    websocket(socket, state, caller, namespace, name, feed).await;
+                });
             mark_history(&mut response, replayed);
             Ok(response)
         }
         Err(_) if wants_sse => {
             let feed = Feed::open(&state, &analyze_id, after).await?;
             let replayed = feed.history_replayed;
-            let mut response = sse(state, feed).into_response();
+            let mut response = sse(state, feed, slot).into_response();
             mark_history(&mut response, replayed);
             Ok(response)
         }
@@ -255,9 +261,13 @@ fn mark_history(response: &mut Response, replayed: bool) {
         .insert(HISTORY_HEADER, HeaderValue::from_static(value));
 }
 
-fn sse(state: Arc<AppState>, feed: Feed) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+fn sse(
+    state: Arc<AppState>,
+    feed: Feed,
+    slot: StreamSlot,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let heartbeat = state.settings.heartbeat;
-    let guard = ClientGuard::new(&state, "sse");
+    let guard = (ClientGuard::new(&state, "sse"), slot);
     let shutdown = state.shutdown.clone();
     let stream = futures::stream::unfold(Some((feed, state, guard, shutdown)), |st| async move {
         let (mut feed, state, guard, shutdown) = st?;
