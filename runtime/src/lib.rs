@@ -4,5 +4,6 @@
 
 pub mod kafka;
 pub mod ops;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

@@ -51,14 +51,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = router(registry, ready);
-    let handle = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(err) = served {
-            tracing::error!(%err, "ops server failed");
-        }
-    });
+    let handle = tokio::spawn(crate::serve::serve(listener, app, shutdown));
     Ok((bound, handle))
 }
 

@@ -1307,6 +1307,34 @@ async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
     Ok(())
 }
 
+/// An upload job waiting for its body holds none of the worker's slots: with one slot, a url
+/// job placed after it runs to the end while the upload has still not arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_job_waiting_for_its_body_holds_no_slot() -> Res<()> {
+    let h = Harness::start().await?;
+    h.files.add("u.bin", test_file(23));
+    let (_worker, _) = h
+        .worker("s1", "s1", &["--capacity", "1", "--upload-wait-seconds", "600"])
+        .await?;
+    h.job("waiting", "s1", json!({"upload": {"fileName": "fw.img"}}), &["digest"])
+        .await?;
+    h.job(
+        "other",
+        "s1",
+        json!({"url": {"location": h.url("plain", "u.bin")}}),
+        &["digest"],
+    )
+    .await?;
+    h.wait_state("other", ExecutionState::Succeeded).await?;
+    let waiting = h.jobs.get("waiting").await?;
+    let state = waiting.status.and_then(|s| s.execution).map(|e| e.state);
+    assert!(
+        !matches!(state, Some(ExecutionState::Failed | ExecutionState::Succeeded)),
+        "the upload job still waits: {state:?}"
+    );
+    Ok(())
+}
+
 /// A server that stays connected but sends a trickle (here 160 B/s) does not hold a slot forever:
 /// each stall window without enough bytes counts as a dropped connection, resumed with Range,
 /// and the job fails (retriable) once the retries are spent.

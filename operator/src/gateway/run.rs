@@ -187,15 +187,12 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
         .with_context(|| format!("binding the API on {}", args.listen))?;
     let api_addr = listener.local_addr().context("reading the API address")?;
     tracing::info!(%api_addr, %identity, "gateway API listening");
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving the API");
+    streamscan_runtime::serve::serve(listener, http::router(state), shutdown.clone()).await;
     shutdown.cancel();
     let _ = ingest_task.await;
     let _ = probe_task.await;
     let _ = ops_task.await;
-    served
+    Ok(())
 }
 
 /// Every few seconds: Kafka and the API server reachable → ready; consumer lag → metric.

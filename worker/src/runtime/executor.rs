@@ -263,6 +263,18 @@ enum Outcome {
 
 /// Runs one attempt to its end. `control` stops it.
 pub async fn run(shared: Arc<Shared>, job: JobInfo, control: Arc<Control>) {
+    // An upload job waits for its body without a slot, so it keeps no other job from running.
+    if job.source.upload.is_some() {
+        tokio::select! {
+            () = wait_for_upload(&shared, &job) => {}
+            () = control.token.cancelled() => {
+                if control.reason() == StopReason::Cancel {
+                    cancel_idle(&shared, &job).await;
+                }
+                return;
+            }
+        }
+    }
     let permit = tokio::select! {
         p = shared.permits.clone().acquire_owned() => p,
         _ = control.token.cancelled() => {
@@ -492,6 +504,25 @@ async fn headers_secret(
     sources::headers_from_secret(name, &data)
 }
 
+/// Waits until the job's upload is complete, at most `--upload-wait-seconds`.
+async fn wait_for_upload(shared: &Shared, job: &JobInfo) {
+    let Ok(path) = shared.store.upload_path(&job.uid) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + shared.upload_wait;
+    loop {
+        // Register before checking, so an upload finishing in between is not missed.
+        let notified = shared.uploads.notified();
+        if path.exists() {
+            return;
+        }
+        tracing::info!(job = %job.name, "waiting for the upload");
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: CancelToken) -> Result<Opened, SourceError> {
     let source = &job.source;
     if let Some(url) = &source.url {
@@ -517,20 +548,12 @@ async fn open_source(shared: &Shared, job: &JobInfo, offset: u64, cancel: Cancel
             .store
             .upload_path(&job.uid)
             .map_err(|e| SourceError::fatal(reason::UNSUPPORTED_INPUT, e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + shared.upload_wait;
-        loop {
-            // Register before checking, so an upload finishing in between is not missed.
-            let notified = shared.uploads.notified();
-            if path.exists() {
-                break;
-            }
-            tracing::info!(job = %job.name, "waiting for the upload");
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(SourceError::fatal(
-                    reason::UPLOAD_MISSING,
-                    format!("no upload arrived within {} s", shared.upload_wait.as_secs()),
-                ));
-            }
+        // `run` waited for it before taking a slot.
+        if !path.exists() {
+            return Err(SourceError::fatal(
+                reason::UPLOAD_MISSING,
+                format!("no upload arrived within {} s", shared.upload_wait.as_secs()),
+            ));
         }
         return sources::open_file(&path, offset, "the uploaded file");
     }

@@ -98,14 +98,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let http_stop = tokio_util::sync::CancellationToken::new();
     let http_task = {
         let stop = http_stop.clone();
-        tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(%err, "the HTTP service failed");
-            }
-        })
+        tokio::spawn(streamscan_runtime::serve::serve(listener, app, stop))
     };
     tracing::info!(server_id = %args.server_id, namespace = %args.namespace, http = %bound, capacity = args.capacity, "worker serving");
 
