@@ -224,17 +224,10 @@ pub fn idempotent_name(secret: Option<&str>, user: &str, key: &str) -> String {
     format!("{GENERATED_PREFIX}{}", &hex::encode(digest)[..20])
 }
 
-/// Creates the job, or returns the one an earlier request with the same key created (`false`).
-pub async fn create_job(
-    state: &AppState,
-    caller: &Caller,
-    request: CreateRequest,
-    key: Option<&str>,
-) -> Result<(AnalysisJob, bool), ApiError> {
-    let namespace = request
-        .metadata
-        .namespace
-        .clone()
+/// The namespace a create goes to: the request's, else the gateway's own or default one.
+fn target_namespace(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {
+    let namespace = requested
+        .map(str::to_owned)
         .or_else(|| state.settings.namespace.clone())
         .unwrap_or_else(|| state.settings.default_namespace.clone());
     if state.settings.namespace.as_deref().is_some_and(|ns| ns != namespace) {
@@ -246,14 +239,17 @@ pub async fn create_job(
             ),
         ));
     }
-    let mut spec = request.spec;
+    Ok(namespace)
+}
+
+/// The request's spec, owned by the caller whatever the body says, and allowed here.
+fn owned_spec(state: &AppState, caller: &Caller, mut spec: serde_json::Value) -> Result<AnalysisJobSpec, ApiError> {
     let Some(fields) = spec.as_object_mut() else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "spec must be an object",
         ));
     };
-    // The owner is whoever is authenticated, whatever the body says.
     fields.insert("userId".into(), json!(caller.user));
     let spec: AnalysisJobSpec = serde_json::from_value(spec)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid spec: {e}")))?;
@@ -266,25 +262,39 @@ pub async fn create_job(
              worker.urlHeadersSecrets=true allows Secrets labeled streamscan.io/url-headers=true)",
         ));
     }
-    if let Some(name) = request
-        .metadata
-        .name
-        .as_deref()
-        .filter(|n| n.starts_with(GENERATED_PREFIX))
-    {
-        return Err(ApiError::new(
+    Ok(spec)
+}
+
+/// The job's name: the request's (not one of the reserved generated names), the one its
+/// Idempotency-Key maps to, or a fresh one.
+fn job_name(state: &AppState, caller: &Caller, requested: Option<&str>, key: Option<&str>) -> Result<String, ApiError> {
+    match (requested, key) {
+        (Some(name), _) if name.starts_with(GENERATED_PREFIX) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "metadata.name {name:?}: names starting with {GENERATED_PREFIX:?} are reserved for the names the \
                  gateway generates; choose another name, or send an Idempotency-Key instead"
             ),
-        ));
+        )),
+        (Some(name), _) => Ok(name.to_owned()),
+        (None, Some(key)) => Ok(idempotent_name(state.worker_token.as_deref(), &caller.user, key)),
+        (None, None) => Ok(format!(
+            "{GENERATED_PREFIX}{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )),
     }
-    let name = match (&request.metadata.name, key) {
-        (Some(name), _) => name.clone(),
-        (None, Some(key)) => idempotent_name(state.worker_token.as_deref(), &caller.user, key),
-        (None, None) => format!("{GENERATED_PREFIX}{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-    };
+}
+
+/// Creates the job, or returns the one an earlier request with the same key created (`false`).
+pub async fn create_job(
+    state: &AppState,
+    caller: &Caller,
+    request: CreateRequest,
+    key: Option<&str>,
+) -> Result<(AnalysisJob, bool), ApiError> {
+    let namespace = target_namespace(state, request.metadata.namespace.as_deref())?;
+    let spec = owned_spec(state, caller, request.spec)?;
+    let name = job_name(state, caller, request.metadata.name.as_deref(), key)?;
     let mut job = AnalysisJob::new(&name, spec);
     job.metadata.namespace = Some(namespace.clone());
     job.metadata.labels = Some(request.metadata.labels).filter(|l| !l.is_empty());

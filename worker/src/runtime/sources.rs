@@ -474,6 +474,65 @@ pub async fn open_url(
     })
 }
 
+/// What the next read of a download gave.
+enum Got {
+    Chunk(Bytes),
+    End,
+    Broke(reqwest::Error),
+    /// Too few bytes over a stall window: the message says how few.
+    Stalled(String),
+}
+
+/// One connection's stall watch: time spent waiting for the server (not for the analysis, which
+/// holds the channel) and the bytes it sent, in the current window.
+struct StallWatch {
+    window: Duration,
+    min_bytes: u64,
+    waited: Duration,
+    received: u64,
+}
+
+impl StallWatch {
+    fn new(options: &UrlOptions) -> Self {
+        StallWatch {
+            window: options.stall_window,
+            min_bytes: options.stall_min_bytes,
+            waited: Duration::ZERO,
+            received: 0,
+        }
+    }
+
+    /// The next chunk, or why there is none.
+    async fn read(&mut self, response: &mut reqwest::Response, at: u64) -> Got {
+        loop {
+            let asked = Instant::now();
+            let next = tokio::time::timeout(self.window.saturating_sub(self.waited), response.chunk()).await;
+            self.waited += asked.elapsed();
+            if let Ok(Ok(Some(chunk))) = &next {
+                self.received += chunk.len() as u64;
+            }
+            if self.waited >= self.window {
+                if self.received < self.min_bytes {
+                    return Got::Stalled(format!(
+                        "the download stalled at byte {at}: {} bytes in {} s of waiting for the server (at least {} \
+                         expected)",
+                        self.received,
+                        self.window.as_secs(),
+                        self.min_bytes
+                    ));
+                }
+                (self.waited, self.received) = (Duration::ZERO, 0);
+            }
+            match next {
+                Err(_) => continue,
+                Ok(Ok(Some(chunk))) => return Got::Chunk(chunk),
+                Ok(Ok(None)) => return Got::End,
+                Ok(Err(e)) => return Got::Broke(e),
+            }
+        }
+    }
+}
+
 /// Copies the body into the channel from `want` on, continuing with Range after a drop.
 #[allow(clippy::too_many_arguments)]
 async fn pump(
@@ -490,32 +549,10 @@ async fn pump(
     // Consecutive failures, reset by any byte; stalls are not (a trickling server sends some).
     let (mut failures, mut stalls) = (0u32, 0u32);
     loop {
-        // Time spent waiting for the server, and the bytes it sent, in the current stall window.
-        let (mut waited, mut received) = (Duration::ZERO, 0u64);
-        let (dropped, stalled) = loop {
-            let asked = Instant::now();
-            let next = tokio::time::timeout(options.stall_window.saturating_sub(waited), response.chunk()).await;
-            waited += asked.elapsed();
-            if let Ok(Ok(Some(chunk))) = &next {
-                received += chunk.len() as u64;
-            }
-            if waited >= options.stall_window {
-                if received < options.stall_min_bytes {
-                    let message = format!(
-                        "the download stalled at byte {want}: {received} bytes in {} s of waiting for the server \
-                         (at least {} expected)",
-                        options.stall_window.as_secs(),
-                        options.stall_min_bytes
-                    );
-                    break (message, true);
-                }
-                (waited, received) = (Duration::ZERO, 0);
-            }
-            let Ok(next) = next else {
-                continue;
-            };
-            match next {
-                Ok(Some(mut chunk)) => {
+        let mut watch = StallWatch::new(&options);
+        let dropped = loop {
+            match watch.read(&mut response, want).await {
+                Got::Chunk(mut chunk) => {
                     let end = at + chunk.len() as u64;
                     if end <= want {
                         at = end;
@@ -524,51 +561,58 @@ async fn pump(
                     if at < want {
                         chunk = chunk.slice((want - at) as usize..);
                     }
-                    at = end;
-                    want = end;
-                    failures = 0;
+                    (at, want, failures) = (end, end, 0);
                     if tx.send(Ok(chunk)).await.is_err() {
                         return;
                     }
                 }
-                Ok(None) if total.is_some_and(|t| want < t) => {
-                    let message = format!("the connection ended at byte {want} of {}", total.unwrap_or_default());
-                    break (message, false);
+                Got::End if total.is_some_and(|t| want < t) => {
+                    break format!("the connection ended at byte {want} of {}", total.unwrap_or_default());
                 }
-                Ok(None) => return,
-                Err(e) => break (format!("the download broke at byte {want}: {}", describe(e)), false),
+                Got::End => return,
+                Got::Broke(e) => break format!("the download broke at byte {want}: {}", describe(e)),
+                Got::Stalled(message) => {
+                    stalls += 1;
+                    failures = failures.max(stalls - 1);
+                    break message;
+                }
             }
         };
-        if stalled {
-            stalls += 1;
-            failures = failures.max(stalls - 1);
-        }
-        // Continue from the next byte we need.
-        loop {
-            failures += 1;
-            if failures > options.retries {
+        match resume(&client, &url, &shown, &options, want, &mut failures).await {
+            Ok((r, from)) => (response, at) = (r, from),
+            Err(reason) => {
                 let _ = tx
-                    .send(Err(io::Error::other(format!(
-                        "{shown}: {dropped}; gave up after {} retries",
-                        options.retries
-                    ))))
+                    .send(Err(io::Error::other(reason.unwrap_or_else(|| {
+                        format!("{shown}: {dropped}; gave up after {} retries", options.retries)
+                    }))))
                     .await;
                 return;
             }
-            tokio::time::sleep(options.backoff * 2u32.saturating_pow(failures - 1)).await;
-            tracing::info!(url = %shown, offset = want, "resuming the download with an HTTP Range request");
-            match request(&client, &url, &options, want).await {
-                Ok((r, from, _)) => {
-                    response = r;
-                    at = from;
-                    break;
-                }
-                Err(e) if e.retriable => tracing::warn!(url = %shown, error = %e, "retrying the download"),
-                Err(e) => {
-                    let _ = tx.send(Err(io::Error::other(e.message))).await;
-                    return;
-                }
-            }
+        }
+    }
+}
+
+/// Continues a dropped download at `want` with Range, with backoff; `Err(None)` when the retries
+/// are spent, `Err(Some(message))` on a fatal answer.
+async fn resume(
+    client: &reqwest::Client,
+    url: &str,
+    shown: &str,
+    options: &UrlOptions,
+    want: u64,
+    failures: &mut u32,
+) -> Result<(reqwest::Response, u64), Option<String>> {
+    loop {
+        *failures += 1;
+        if *failures > options.retries {
+            return Err(None);
+        }
+        tokio::time::sleep(options.backoff * 2u32.saturating_pow(*failures - 1)).await;
+        tracing::info!(url = %shown, offset = want, "resuming the download with an HTTP Range request");
+        match request(client, url, options, want).await {
+            Ok((r, from, _)) => return Ok((r, from)),
+            Err(e) if e.retriable => tracing::warn!(url = %shown, error = %e, "retrying the download"),
+            Err(e) => return Err(Some(e.message)),
         }
     }
 }
