@@ -550,9 +550,20 @@ async fn apiserver_down_mid_job() -> Res {
             // client through Kafka and the gateway (a second's worth at 250 ms per event).
             ws.wait("events while the API server is down", |e, _| e.len() >= before + 4)
                 .await?;
+            // The outage outlasts the controllers' 5 s lease, so the leader cannot renew it: the
+            // fault's length, not a synchronisation.
+            tokio::time::sleep(Duration::from_secs(7)).await;
             env.stack()?.api.start_again().await?;
             // Status writes that failed meanwhile are retried; the job ends once, on its server.
             check_job(env, tally, "api-down", Expect::Succeeded, Some(&ws)).await?;
+            // A leader that could not renew its lease for longer than the lease lasts exits (to
+            // stand by again after a restart), as client-go's controllers do; Kubernetes restarts
+            // it. Restart those here; a controller that died of anything else stays dead and
+            // fails the scenario.
+            let restarted = env.stack()?.restart_exited_controllers("lost the leader lease")?;
+            if !restarted.is_empty() {
+                eprintln!("restarted after losing the lease during the outage: {restarted:?}");
+            }
             Ok(())
         },
     )

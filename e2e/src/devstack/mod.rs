@@ -396,6 +396,28 @@ impl Devstack {
         Ok(())
     }
 
+    /// Restarts the controllers that exited on their own, as Kubernetes would (restartPolicy
+    /// Always), provided each said `expected` in its log (a leader that lost its lease during an
+    /// API outage exits by design); any other exit is left dead, and fails the scenario.
+    pub fn restart_exited_controllers(&mut self, expected: &str) -> Result<Vec<String>, DevstackError> {
+        let mut restarted = Vec::new();
+        for i in 0..self.controllers.len() {
+            let Some(Some(proc)) = self.controllers.get_mut(i) else {
+                continue;
+            };
+            if !proc.exited() {
+                continue;
+            }
+            let name = proc.name.clone();
+            let log = std::fs::read_to_string(self.opts.dir.join(format!("{name}.log"))).unwrap_or_default();
+            if log.contains(expected) {
+                self.restart_controller(i)?;
+                restarted.push(name);
+            }
+        }
+        Ok(restarted)
+    }
+
     /// Starts worker `i` and, once it answers /healthz, registers its Ready pod.
     pub async fn start_worker(&mut self, i: usize) -> Result<(), DevstackError> {
         let w = self

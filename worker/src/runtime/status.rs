@@ -32,6 +32,19 @@ pub enum StatusError {
 /// Tries of one conditional write before giving up (each 409 means another writer got in first).
 const WRITE_TRIES: usize = 8;
 
+/// How long a job's final status (its result, or why it ended) keeps being retried while the API
+/// server cannot be reached: nothing else would ever report it, and the job would look running.
+const FINAL_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Whether a failed write may succeed later unchanged: the API server unreachable or overloaded.
+fn transient(err: &StatusError) -> bool {
+    match err {
+        StatusError::Kube(kube::Error::Api(e)) => e.code >= 500 || e.code == 429,
+        StatusError::Kube(_) => true,
+        StatusError::Stale { .. } => false,
+    }
+}
+
 /// Writes one job's worker-owned status fields.
 #[derive(Clone)]
 pub struct StatusWriter {
@@ -183,9 +196,25 @@ impl StatusWriter {
         self.patch(status).await
     }
 
+    /// [`Self::patch`], retried with backoff while the API server is out, for [`FINAL_PATIENCE`].
+    async fn patch_final(&self, status: Value) -> Result<(), StatusError> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.patch(status.clone()).await {
+                Err(err) if transient(&err) && started.elapsed() < FINAL_PATIENCE => {
+                    tracing::warn!(%err, job = %self.name, "cannot write the final status yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn succeeded(&self, summary: &ResultSummary) -> Result<(), StatusError> {
         let bytes = summary.bytes;
-        self.patch(json!({
+        self.patch_final(json!({
             "execution": self.execution(ExecutionState::Succeeded),
             "progress": {"bytesProcessed": bytes, "totalBytes": bytes, "percent": 100, "etaSeconds": 0, "updatedAt": now()},
             "result": summary,
@@ -200,7 +229,7 @@ impl StatusWriter {
         if state == ExecutionState::Failed {
             execution["retriable"] = failure.retriable.into();
         }
-        self.patch(json!({"execution": execution})).await
+        self.patch_final(json!({"execution": execution})).await
     }
 }
 
