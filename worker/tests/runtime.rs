@@ -384,6 +384,34 @@ impl Harness {
         format!("http://{}/{mode}/{file}", self.files_addr)
     }
 
+    /// Waits until the job failed fatally with `reason` and a message saying `says`, on its CR
+    /// and in its first attempt's gapless event stream; returns both.
+    async fn failed_fatally(
+        &self,
+        name: &str,
+        reason: &str,
+        says: &str,
+    ) -> Res<(AnalysisJob, Vec<(ProgressEvent, BTreeMap<String, String>)>)> {
+        let job = self.wait_state(name, ExecutionState::Failed).await?;
+        let e = job
+            .status
+            .as_ref()
+            .and_then(|s| s.execution.clone())
+            .ok_or("execution")?;
+        assert_eq!(e.reason.as_deref(), Some(reason), "{name}: {e:?}");
+        assert_eq!(e.retriable, Some(false), "{name} is fatal");
+        assert!(e.message.as_deref().is_some_and(|m| m.contains(says)), "{name}: {e:?}");
+        let events = self.events(&format!("{name}-e1")).await?;
+        check_stream(&events, EventStatus::Failed);
+        let (last, _) = events.last().ok_or("events")?;
+        assert_eq!(
+            (last.reason.as_deref(), last.retriable),
+            (Some(reason), Some(false)),
+            "{name}"
+        );
+        Ok((job, events))
+    }
+
     /// The events of one attempt, read committed, until its final event.
     async fn events(&self, event_id: &str) -> Res<Vec<(ProgressEvent, BTreeMap<String, String>)>> {
         let bootstrap = self.bootstrap.clone();
@@ -739,15 +767,7 @@ async fn bad_sources_fail_fatally_with_a_clear_reason() -> Res<()> {
         ("fifo", "UnsupportedInput", "a FIFO"),
         ("mis", "DigestMismatch", "SHA-256"),
     ] {
-        let job = h.wait_state(name, ExecutionState::Failed).await?;
-        let e = job.status.and_then(|s| s.execution).ok_or("execution")?;
-        assert_eq!(e.reason.as_deref(), Some(reason));
-        assert_eq!(e.retriable, Some(false), "{name} is fatal");
-        assert!(e.message.as_deref().is_some_and(|m| m.contains(says)), "{e:?}");
-        let events = h.events(&format!("{name}-e1")).await?;
-        check_stream(&events, EventStatus::Failed);
-        let (last, _) = events.last().ok_or("events")?;
-        assert_eq!((last.reason.as_deref(), last.retriable), (Some(reason), Some(false)));
+        h.failed_fatally(name, reason, says).await?;
     }
     Ok(())
 }
@@ -1483,14 +1503,8 @@ async fn url_sources_reach_no_internal_address_even_through_redirects() -> Res<(
         // The header stayed with its origin: 127.0.0.2 answered 401 without it.
         ("cross", "SourceNotFound", "401"),
     ] {
-        let job = h.wait_state(name, ExecutionState::Failed).await?;
+        let (job, events) = h.failed_fatally(name, reason, says).await?;
         let status = serde_json::to_string(&job.status)?;
-        let e = job.status.and_then(|s| s.execution).ok_or("execution")?;
-        assert_eq!(e.reason.as_deref(), Some(reason), "{name}: {e:?}");
-        assert_eq!(e.retriable, Some(false), "{name} is fatal");
-        assert!(e.message.as_deref().is_some_and(|m| m.contains(says)), "{name}: {e:?}");
-        let events = h.events(&format!("{name}-e1")).await?;
-        check_stream(&events, EventStatus::Failed);
         let events = format!("{:?}", events.iter().map(|(e, _)| e).collect::<Vec<_>>());
         for text in [&status, &events] {
             assert!(
