@@ -334,6 +334,10 @@ pub struct AnalysisJobStatus {
     /// Controller: identity of the current attempt, shared by all of its progress events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// Controller: the attempts before the current one, oldest first, at most 16: the gateway
+    /// accepts late progress events of these attempts and of the current one, no others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_attempts: Vec<AttemptRef>,
     /// Controller: retriable failures so far, bounded by `spec.backoffLimit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_attempts: Option<i32>,
@@ -362,6 +366,18 @@ pub struct AnalysisJobStatus {
     /// Gateway: what happened to the stored result after the analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download: Option<Download>,
+}
+
+/// Most past attempts a status keeps (the oldest are dropped first).
+pub const MAX_PAST_ATTEMPTS: usize = 16;
+
+/// One attempt's identity: what its progress events must carry.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRef {
+    pub attempt: i32,
+    pub event_id: String,
+    pub server_id: String,
 }
 
 /// The worker's report on one attempt.

@@ -10,6 +10,6 @@ pub mod redact;
 
 pub use event::{EVENT_VERSION, EventError, EventStatus, ProgressEvent};
 pub use job::{
-    AnalysisJob, AnalysisJobSpec, AnalysisJobStatus, AnalyzerName, Download, Execution, ExecutionState, Phase,
-    Progress, ResultSummary, SecretReference, SeverityCounts, Source, UploadSource, UrlSource, VolumeSource,
+    AnalysisJob, AnalysisJobSpec, AnalysisJobStatus, AnalyzerName, AttemptRef, Download, Execution, ExecutionState,
+    Phase, Progress, ResultSummary, SecretReference, SeverityCounts, Source, UploadSource, UrlSource, VolumeSource,
 };

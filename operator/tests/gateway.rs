@@ -348,6 +348,31 @@ impl Harness {
         Ok(self.jobs.create(&PostParams::default(), &job).await?)
     }
 
+    /// Places the job's first attempt on server "0" as the controller would (the gateway
+    /// accepts only events of a placed attempt), and returns that attempt's event stream.
+    async fn placed(&self, job: &AnalysisJob, event_id: &str) -> Res<Stream> {
+        self.set_attempt(job, 1, event_id, "0", json!([])).await?;
+        Ok(Stream {
+            job: job.clone(),
+            event_id: event_id.to_owned(),
+            attempt: 1,
+            total: 1000,
+        })
+    }
+
+    async fn set_attempt(&self, job: &AnalysisJob, attempt: u32, event_id: &str, server: &str, past: Value) -> Res {
+        self.jobs
+            .patch_status(
+                &job.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "attempt": attempt, "eventId": event_id, "serverId": server, "pastAttempts": past,
+                }})),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn send(&self, event: &ProgressEvent) -> Res {
         self.kafka.send(&event.analyze_id, &serde_json::to_vec(event)?).await
     }
@@ -378,15 +403,6 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(job: &AnalysisJob, event_id: &str) -> Self {
-        Stream {
-            job: job.clone(),
-            event_id: event_id.to_owned(),
-            attempt: 1,
-            total: 1000,
-        }
-    }
-
     fn at(&self, seq: u64, last: u64) -> ProgressEvent {
         let status = if seq == 0 {
             EventStatus::Started
@@ -521,7 +537,7 @@ async fn websocket_and_sse_receive_events_in_order_and_resume_without_gap_or_rep
     let gw = h.gateway("gw", &[]).await?;
     let job = h.create_job("fw", "alice").await?;
     let alice = token("alice", false);
-    let s = Stream::new(&job, "ev-1");
+    let s = h.placed(&job, "ev-1").await?;
 
     let mut ws = ws_connect(&gw, "fw", &alice, None).await?;
     let mut sse = Sse::connect(&h, &gw, "fw", &alice, None).await?;
@@ -577,6 +593,121 @@ async fn websocket_and_sse_receive_events_in_order_and_resume_without_gap_or_rep
     Ok(())
 }
 
+/// Anyone who may write to the topic could push events into another user's stream. The gateway
+/// believes an event only when it matches its job: the uid, the owner, and an attempt the
+/// controller placed (the current one or a recorded past one) on the server it names.
+#[tokio::test]
+async fn forged_events_are_refused_and_every_placed_attempt_is_believed() -> Res {
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let job = h.create_job("victim", "alice").await?;
+    let uid = job.uid().unwrap_or_default();
+    let alice = token("alice", false);
+    let s = h.placed(&job, "ev-1").await?;
+    let mut ws = ws_connect(&gw, "victim", &alice, None).await?;
+    let first = s.at(0, 9);
+    h.send(&first).await?;
+    assert_eq!(ws_next(&mut ws).await?, serde_json::to_value(&first)?);
+
+    let forge = |change: &dyn Fn(&mut ProgressEvent)| {
+        let mut e = s.at(1, 9);
+        e.message = Some("forged".into());
+        change(&mut e);
+        e
+    };
+    let forged = [
+        ("other_user", forge(&|e| e.user_id = "mallory".into())),
+        ("unknown_attempt", forge(&|e| e.event_id = "ev-forged".into())),
+        ("other_server", forge(&|e| e.server_id = "7".into())),
+        ("other_job", forge(&|e| e.analyze_id = "uid-of-nothing".into())),
+        ("no_such_job", forge(&|e| e.name = "nobody".into())),
+        (
+            "unknown_attempt",
+            forge(&|e| {
+                e.attempt = 2;
+                e.event_id = "ev-2".into();
+            }),
+        ),
+    ];
+    // All on the job's key, so one partition holds them in order before the genuine event.
+    for (_, e) in &forged {
+        h.kafka.send(&uid, &serde_json::to_vec(e)?).await?;
+    }
+    let genuine = s.at(1, 9);
+    h.send(&genuine).await?;
+    assert_eq!(
+        ws_next(&mut ws).await?,
+        serde_json::to_value(&genuine)?,
+        "the next push after the forged events is the genuine one"
+    );
+    for reason in ["other_user", "other_server", "other_job", "no_such_job"] {
+        let name = format!("streamscan_gateway_events_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(gw.metric(&name).await?, 1.0, "{reason}");
+    }
+    let name = "streamscan_gateway_events_refused_total{reason=\"unknown_attempt\"}";
+    assert_eq!(gw.metric(name).await?, 2.0);
+    assert!(
+        h.log("gw")
+            .contains("does not match its job: userId is not the job's owner")
+    );
+
+    // The controller places attempt 2 on server 1; its first events come at once (the gateway's
+    // cache may not have heard yet), and a late event of attempt 1 is still believed. An event of
+    // attempt 1 claiming the new server is not.
+    h.set_attempt(
+        &job,
+        2,
+        "ev-2",
+        "1",
+        json!([{"attempt": 1, "eventId": "ev-1", "serverId": "0"}]),
+    )
+    .await?;
+    let mut late = s.at(2, 9);
+    late.status = EventStatus::Failed;
+    late.reason = Some("NetworkError".into());
+    let mut second = Stream {
+        job: job.clone(),
+        event_id: "ev-2".into(),
+        attempt: 2,
+        total: 1000,
+    }
+    .at(0, 9);
+    second.server_id = "1".into();
+    let mut wrong_server = s.at(3, 9);
+    wrong_server.server_id = "1".into();
+    for e in [&second, &late, &wrong_server] {
+        h.send(e).await?;
+    }
+    assert_eq!(ws_next(&mut ws).await?, serde_json::to_value(&second)?);
+    assert_eq!(ws_next(&mut ws).await?, serde_json::to_value(&late)?);
+    let history: Vec<Value> = h
+        .http
+        .get(gw.url("/v1/jobs/default/victim/history"))
+        .bearer_auth(&alice)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert!(
+        history
+            .iter()
+            .all(|e| e["userId"] == "alice" && e.get("message").is_none()),
+        "a forged event reached the history: {history:?}"
+    );
+    within("the wrong-server event to be refused", async {
+        loop {
+            let name = "streamscan_gateway_events_refused_total{reason=\"other_server\"}";
+            if gw.metric(name).await.ok() == Some(2.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn duplicates_and_out_of_order_are_stored_once_in_order_and_verdicts_recorded() -> Res {
     let h = Harness::start().await?;
@@ -585,7 +716,7 @@ async fn duplicates_and_out_of_order_are_stored_once_in_order_and_verdicts_recor
 
     // Clean stream, delivered out of order and with duplicates before its final event.
     let job = h.create_job("clean", "alice").await?;
-    let s = Stream::new(&job, "ev-clean");
+    let s = h.placed(&job, "ev-clean").await?;
     let mut ws = ws_connect(&gw, "clean", &alice, None).await?;
     for seq in [0, 2, 1, 1, 0, 2, 3] {
         h.send(&s.at(seq, 3)).await?;
@@ -619,7 +750,7 @@ async fn duplicates_and_out_of_order_are_stored_once_in_order_and_verdicts_recor
 
     // A stream with a gap is flagged: logged, counted, visible through the API.
     let job = h.create_job("gappy", "alice").await?;
-    let s = Stream::new(&job, "ev-gap");
+    let s = h.placed(&job, "ev-gap").await?;
     let mut ws = ws_connect(&gw, "gappy", &alice, None).await?;
     for seq in [0, 1, 3] {
         h.send(&s.at(seq, 3)).await?;
@@ -648,7 +779,7 @@ async fn two_replicas_each_push_every_event_and_store_it_once() -> Res {
     let b = h.gateway("gw-b", &[]).await?;
     let job = h.create_job("shared", "alice").await?;
     let alice = token("alice", false);
-    let s = Stream::new(&job, "ev-shared");
+    let s = h.placed(&job, "ev-shared").await?;
     let mut wa = ws_connect(&a, "shared", &alice, None).await?;
     let mut wb = ws_connect(&b, "shared", &alice, None).await?;
     for seq in 0..20 {
@@ -672,7 +803,7 @@ async fn redis_outage_keeps_live_streaming_and_loses_nothing_from_history() -> R
     let gw = h.gateway("gw", &[]).await?;
     let job = h.create_job("outage", "alice").await?;
     let alice = token("alice", false);
-    let s = Stream::new(&job, "ev-o");
+    let s = h.placed(&job, "ev-o").await?;
     let mut ws = ws_connect(&gw, "outage", &alice, None).await?;
     for seq in 0..4 {
         h.send(&s.at(seq, 11)).await?;
@@ -757,12 +888,12 @@ async fn redis_emptied_history_is_rebuilt_from_kafka_without_live_repeats() -> R
     let alice = token("alice", false);
     // One finished job and one still running when Redis loses everything.
     let done = h.create_job("done", "alice").await?;
-    let d = Stream::new(&done, "ev-done");
+    let d = h.placed(&done, "ev-done").await?;
     for seq in 0..=3 {
         h.send(&d.at(seq, 3)).await?;
     }
     let running = h.create_job("running", "alice").await?;
-    let r = Stream::new(&running, "ev-run");
+    let r = h.placed(&running, "ev-run").await?;
     let mut ws = ws_connect(&gw, "running", &alice, None).await?;
     for seq in 0..4 {
         h.send(&r.at(seq, 11)).await?;
@@ -806,7 +937,7 @@ async fn a_gateway_started_on_an_emptied_redis_rebuilds_the_last_ttl_from_a_real
     let alice = token("alice", false);
     let gw = h.gateway("gw", &[]).await?;
     let done = h.create_job("before", "alice").await?;
-    let d = Stream::new(&done, "ev-before");
+    let d = h.placed(&done, "ev-before").await?;
     for seq in 0..=3 {
         h.send(&d.at(seq, 3)).await?;
     }
@@ -1617,7 +1748,7 @@ async fn bench_fanout_to_websocket_clients() -> Res {
     let job = h.create_job("bench", "alice").await?;
     let alice = token("alice", false);
     // Warm the path (job lookup, Redis, Kafka assignment) with one event seen by one client.
-    let mut s = Stream::new(&job, "ev-bench");
+    let mut s = h.placed(&job, "ev-bench").await?;
     // Keep bytesProcessed (seq * 10) within totalBytes, or the events would be refused.
     s.total = (events + 2) * 10;
     let mut warm = ws_connect(&gw, "bench", &alice, None).await?;

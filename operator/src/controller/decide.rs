@@ -8,8 +8,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use streamscan_api::conditions::{Desired, Status, find_condition, is_condition_true, set_condition};
+use streamscan_api::job::MAX_PAST_ATTEMPTS;
 use streamscan_api::names::{FINALIZER_RESULTS, condition, reason};
-use streamscan_api::{AnalysisJob, AnalysisJobStatus, Execution, ExecutionState, Phase};
+use streamscan_api::{AnalysisJob, AnalysisJobStatus, AttemptRef, Execution, ExecutionState, Phase};
 
 use super::servers::{Health, ServerSet};
 
@@ -470,6 +471,7 @@ impl Ctx<'_, '_> {
             self.requeue_after(self.s.pending_resync);
             return;
         };
+        self.retire_current_attempt();
         let attempt = self.st.attempt.unwrap_or(0) + 1;
         self.st.attempt = Some(attempt);
         self.st.event_id = Some(self.o.new_event_id.to_owned());
@@ -492,6 +494,23 @@ impl Ctx<'_, '_> {
         self.cond(condition::SCHEDULED, Status::True, reason::PLACED, message.clone());
         self.note(EventType::Normal, reason::PLACED, message.clone());
         self.set_phase(Phase::Scheduled, reason::PLACED, message);
+    }
+
+    /// Moves the current attempt's identity to `pastAttempts` (bounded, oldest dropped), where
+    /// the gateway still accepts its late events.
+    fn retire_current_attempt(&mut self) {
+        if let (Some(attempt), Some(event_id), Some(server_id)) =
+            (self.st.attempt, self.st.event_id.clone(), self.st.server_id.clone())
+        {
+            let past = &mut self.st.past_attempts;
+            past.push(AttemptRef {
+                attempt,
+                event_id,
+                server_id,
+            });
+            let excess = past.len().saturating_sub(MAX_PAST_ATTEMPTS);
+            past.drain(..excess);
+        }
     }
 
     fn unpin(&mut self) {

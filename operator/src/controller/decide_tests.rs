@@ -540,6 +540,16 @@ fn a_deleted_server_repins_rereadable_sources_with_a_new_attempt() {
         assert_eq!(d.status.server_id.as_deref(), Some("1"));
         assert_eq!(d.status.attempt, Some(2));
         assert_eq!(d.status.event_id.as_deref(), Some("ev-2"));
+        let first = job.status.as_ref().unwrap();
+        assert_eq!(
+            d.status.past_attempts,
+            vec![AttemptRef {
+                attempt: 1,
+                event_id: first.event_id.clone().unwrap(),
+                server_id: "0".into(),
+            }],
+            "the repinned attempt's identity is kept for its late events"
+        );
         assert_eq!(d.label.as_deref(), Some("1"));
         assert_eq!(d.holds.as_deref(), Some("1"));
         assert!(d.notes.iter().any(|n| n.reason == reason::SERVER_UNAVAILABLE));
@@ -667,4 +677,24 @@ fn generation_change_updates_observed_generation_without_moving_transition_times
     let after = find_condition(&d.status.conditions, condition::SCHEDULED).unwrap();
     assert_eq!(after.observed_generation, Some(2));
     assert_eq!(after.last_transition_time, before.last_transition_time);
+}
+
+#[test]
+fn past_attempts_keep_the_latest_sixteen_oldest_first() {
+    let w = World::new(&["0"]);
+    let mut job = placed(&w, url_job());
+    for n in 2..=20 {
+        let st = job.status.get_or_insert_default();
+        st.phase = Some(Phase::Pending);
+        st.next_attempt_time = None;
+        let d = w.decide_with_id(&job, &format!("ev-{n}"));
+        assert_eq!(d.status.attempt, Some(n), "attempt {n} placed");
+        job.status = Some(d.status);
+    }
+    let past = &job.status.as_ref().unwrap().past_attempts;
+    assert_eq!(past.len(), streamscan_api::job::MAX_PAST_ATTEMPTS);
+    let attempts: Vec<i32> = past.iter().map(|a| a.attempt).collect();
+    assert_eq!(attempts, (4..=19).collect::<Vec<_>>());
+    assert_eq!(past.last().map(|a| a.event_id.as_str()), Some("ev-19"));
+    assert!(past.iter().all(|a| a.server_id == "0"));
 }

@@ -242,6 +242,7 @@ fn controller_fields(status: &AnalysisJobStatus) -> Value {
         "podName": status.pod_name,
         "attempt": status.attempt,
         "eventId": status.event_id,
+        "pastAttempts": status.past_attempts,
         "failedAttempts": status.failed_attempts,
         "nextAttemptTime": t(&status.next_attempt_time),
         "startTime": t(&status.start_time),

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::History;
 use super::hub::{Hub, Published};
+use super::jobcache::JobCache;
 use super::metrics::Metrics;
 use super::rewind::{self, Rewind};
 use super::seqset::Recent;
@@ -145,6 +146,8 @@ pub struct Ingest {
     /// Whether Redis holds every consumed event (false during an outage and its catch-up).
     pub history_ok: Arc<AtomicBool>,
     pub recent: Recent,
+    /// Whose events are believed.
+    jobs: JobCache,
     /// Per partition: the first offset Redis did not take.
     holes: HashMap<i32, i64>,
     /// Per partition: offsets up to here were already pushed live; while re-reading them after a
@@ -188,9 +191,11 @@ impl Ingest {
         hub: Hub,
         metrics: Metrics,
         history_ok: Arc<AtomicBool>,
-        recent: Recent,
+        jobs: JobCache,
     ) -> Self {
         metrics.history_complete.set(1);
+        // Duplicates are remembered as long as the history keeps events.
+        let recent = Recent::new(history.ttl());
         let rewind = Rewind::new(history.ttl());
         Ingest {
             consumer,
@@ -200,6 +205,7 @@ impl Ingest {
             metrics,
             history_ok,
             recent,
+            jobs,
             holes: HashMap::new(),
             replay_until: HashMap::new(),
             high: HashMap::new(),
@@ -211,6 +217,7 @@ impl Ingest {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.jobs.wait_until_ready(Duration::from_secs(10)).await;
         let consumer = self.consumer.clone();
         let mut repair = tokio::time::interval(Duration::from_millis(500));
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -255,6 +262,28 @@ impl Ingest {
                 return;
             }
         };
+        if let Err(why) = self.jobs.admit(&event).await {
+            self.metrics
+                .events_refused
+                .get_or_create(&super::metrics::RefusedLabels {
+                    reason: why.as_str().to_owned(),
+                })
+                .inc();
+            tracing::warn!(
+                partition,
+                offset,
+                analyze_id = %event.analyze_id,
+                event_id = %event.event_id,
+                namespace = %event.namespace,
+                name = %event.name,
+                user_id = %event.user_id,
+                server_id = %event.server_id,
+                "dropping a progress event that does not match its job: {}",
+                why.describe()
+            );
+            self.stored(msg);
+            return;
+        }
         self.rewind.observe(
             partition,
             offset,

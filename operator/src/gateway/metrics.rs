@@ -18,6 +18,12 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Why the event does not belong to its job (`no_such_job`, `other_user`, ...).
+    pub reason: String,
+}
+
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub clients: Family<TransportLabels, Gauge>,
@@ -25,6 +31,7 @@ pub struct Metrics {
     pub events_stored: Counter,
     pub events_duplicate: Counter,
     pub events_malformed: Counter,
+    pub events_refused: Family<RefusedLabels, Counter>,
     pub events_pushed: Counter,
     pub slow_client_disconnects: Counter,
     pub redis_errors: Counter,
@@ -64,6 +71,11 @@ impl Metrics {
             "events_malformed",
             "Kafka records refused as progress events (bad JSON, version or invariants)",
             m.events_malformed.clone(),
+        );
+        r.register(
+            "events_refused",
+            "Well-formed progress events dropped because they do not match their job (by reason)",
+            m.events_refused.clone(),
         );
         r.register(
             "events_pushed",

@@ -2,14 +2,16 @@
 //! resume, cancel, job submission (including streamed uploads), result download routed to the
 //! worker that holds it, and JWT authentication.
 //!
-//! Pure parts ([`seqset`], [`verdict`], [`hub`], [`rewind`]) are tested on their own; the I/O shell is
+//! Pure parts ([`admit`], [`seqset`], [`verdict`], [`hub`], [`rewind`]) are tested on their own; the I/O shell is
 //! [`kafka`], [`history`], [`http`] and friends, wired in [`run`].
 
+pub mod admit;
 pub mod auth;
 pub mod error;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod jobcache;
 pub mod jobs;
 pub mod kafka;
 pub mod limits;

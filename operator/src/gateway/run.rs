@@ -17,9 +17,9 @@ use super::auth::{Auth, AuthArgs};
 use super::history::History;
 use super::http::{self, AppState, Settings};
 use super::hub::Hub;
+use super::jobcache::JobCache;
 use super::kafka::{self, GatewayKafkaArgs, Ingest};
 use super::metrics::Metrics;
-use super::seqset::Recent;
 use crate::ops::{self, Readiness};
 use crate::shutdown;
 
@@ -133,6 +133,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
     let hub = Hub::new(usize::try_from(args.client_queue).unwrap_or(usize::MAX));
     let history_ok = Arc::new(AtomicBool::new(true));
 
+    let jobs = JobCache::start(client.clone(), args.namespace.clone(), shutdown.clone());
     let ingest = Ingest::new(
         consumer.clone(),
         args.kafka.client.kafka_topic.clone(),
@@ -140,7 +141,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
         hub.clone(),
         metrics.clone(),
         history_ok.clone(),
-        Recent::new(ttl),
+        jobs,
     );
     let ingest_task = tokio::spawn(ingest.run(shutdown.clone()));
     let probe_task = tokio::spawn(probe(
