@@ -15,6 +15,9 @@ pub const COMPONENT_WORKER: &str = "worker";
 /// Default label selector the controller uses to find worker pods.
 pub const DEFAULT_WORKER_SELECTOR: &str = "app.kubernetes.io/component=worker";
 
+/// The ordinal a StatefulSet gives each of its pods (Kubernetes 1.28+); a worker's serverId.
+pub const LABEL_POD_INDEX: &str = "apps.kubernetes.io/pod-index";
+
 /// Pod annotation overriding the controller's default per-server job capacity.
 pub const ANNOTATION_CAPACITY: &str = "streamscan.io/capacity";
 /// Pod annotation naming the port of the worker's HTTP service (results, uploads).
@@ -66,6 +69,8 @@ pub mod reason {
     pub const CANCELLED: &str = "Cancelled";
     pub const SUSPENDED: &str = "Suspended";
     pub const DUPLICATE_SERVER_ID: &str = "DuplicateServerId";
+    /// A pod carries a worker's labels but is not a member of the worker StatefulSet.
+    pub const STRAY_WORKER_POD: &str = "StrayWorkerPod";
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
     pub const RETRYING: &str = "Retrying";
     // Why an attempt failed (status.execution.reason, the FAILED event), set by the worker.

@@ -25,6 +25,7 @@ fn template(name: &str, server_id: &str) -> PodTemplate {
         ]),
         annotations: BTreeMap::new(),
         port: Some(8080),
+        statefulset: None,
     }
 }
 

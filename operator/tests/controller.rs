@@ -92,6 +92,7 @@ impl Harness {
                 ]),
                 annotations,
                 port,
+                statefulset: Some("worker".into()),
             })
             .await?)
     }
@@ -657,13 +658,15 @@ async fn finalizer_deletes_results_on_the_worker_or_gives_up_with_an_event() -> 
 async fn duplicate_server_id_gets_no_jobs_and_is_reported() -> TestResult {
     let h = Harness::start().await?;
     h.server("7", None, None).await?;
+    // Another StatefulSet's member, named and indexed for serverId 7: a duplicate.
     h.kubelet
         .register(PodTemplate {
-            name: "impostor".into(),
+            name: "other-7".into(),
             labels: BTreeMap::from([
                 (LABEL_COMPONENT.to_owned(), "worker".to_owned()),
                 (LABEL_SERVER_ID.to_owned(), "7".to_owned()),
             ]),
+            statefulset: Some("other".into()),
             ..Default::default()
         })
         .await?;
@@ -675,8 +678,44 @@ async fn duplicate_server_id_gets_no_jobs_and_is_reported() -> TestResult {
         })
         .await?;
     assert_eq!(job.phase(), Phase::Pending);
-    let event = h.wait_event("impostor", "DuplicateServerId").await?;
+    let event = h.wait_event("other-7", "DuplicateServerId").await?;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
+    Ok(())
+}
+
+/// A pod that copies a worker's labels but is no StatefulSet's pod named for its serverId is not
+/// a server: it is reported, and the real worker keeps taking jobs. With `--worker-statefulset`,
+/// the pods of any other StatefulSet are strays too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_pods_with_a_workers_labels_are_no_servers() -> TestResult {
+    let h = Harness::start().await?;
+    h.server("7", None, None).await?;
+    let impostor = |name: &str, statefulset: Option<&str>| PodTemplate {
+        name: name.into(),
+        labels: BTreeMap::from([
+            (LABEL_COMPONENT.to_owned(), "worker".to_owned()),
+            (LABEL_SERVER_ID.to_owned(), "7".to_owned()),
+            ("apps.kubernetes.io/pod-index".to_owned(), "7".to_owned()),
+        ]),
+        statefulset: statefulset.map(str::to_owned),
+        ..Default::default()
+    };
+    h.kubelet.register(impostor("impostor", None)).await?;
+    h.kubelet.register(impostor("other-7", Some("other"))).await?;
+    let _c = h.controller("controller", &["--worker-statefulset", "worker"])?;
+    h.create("placed", json!({})).await?;
+    let job = h.wait_phase("placed", Phase::Scheduled).await?;
+    assert_eq!(
+        job.status.as_ref().and_then(|s| s.pod_name.as_deref()),
+        Some("worker-7")
+    );
+    let event = h.wait_event("impostor", "StrayWorkerPod").await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let message = event.note.unwrap_or_default();
+    assert!(message.contains("it is not controlled by a StatefulSet"), "{message}");
+    let event = h.wait_event("other-7", "StrayWorkerPod").await?;
+    let message = event.note.unwrap_or_default();
+    assert!(message.contains("its StatefulSet is other, not worker"), "{message}");
     Ok(())
 }
 

@@ -1459,10 +1459,10 @@ async fn stub_worker(report: &'static [u8]) -> Res<(u16, Calls)> {
 }
 
 async fn register_worker(h: &Harness, id: &str, port: u16) -> Res {
-    register_pod(h, &format!("worker-{id}"), id, port).await
+    register_pod(h, &format!("worker-{id}"), id, port, Some("worker")).await
 }
 
-async fn register_pod(h: &Harness, name: &str, id: &str, port: u16) -> Res {
+async fn register_pod(h: &Harness, name: &str, id: &str, port: u16, statefulset: Option<&str>) -> Res {
     h.kubelet
         .register(PodTemplate {
             name: name.to_owned(),
@@ -1472,21 +1472,26 @@ async fn register_pod(h: &Harness, name: &str, id: &str, port: u16) -> Res {
             ]),
             annotations: BTreeMap::new(),
             port: Some(port),
+            statefulset: statefulset.map(str::to_owned),
         })
         .await?;
     Ok(())
 }
 
-/// A second Ready pod carrying a worker's labels (an impostor: anyone who may create pods in the
-/// namespace) gets neither the download nor the internal token; the gateway says why.
+/// Pods that copy a worker's labels (anyone who may create pods in the namespace) get neither the
+/// download nor the internal token. One that is not a StatefulSet's pod named for its serverId is
+/// no server at all: the real worker is served. One shaped like another StatefulSet's member is
+/// refused with `--worker-statefulset`, and without that flag makes the serverId a duplicate,
+/// which is routed nowhere.
 #[tokio::test]
-async fn an_impostor_pod_with_a_workers_server_id_gets_no_traffic() -> Res {
+async fn impostor_pods_with_a_workers_server_id_get_no_traffic() -> Res {
     let h = Harness::start().await?;
-    let gw = h.gateway("gw", &[]).await?;
+    let strict = h.gateway("gw-strict", &["--worker-statefulset", "worker"]).await?;
+    let loose = h.gateway("gw-loose", &[]).await?;
     let (port_real, calls_real) = stub_worker(b"report").await?;
     let (port_fake, calls_fake) = stub_worker(b"forged").await?;
     register_worker(&h, "b", port_real).await?;
-    register_pod(&h, "impostor", "b", port_fake).await?;
+    register_pod(&h, "impostor", "b", port_fake, None).await?;
     h.create_job("done", "alice").await?;
     let digest = hex::encode(Sha256::digest(b"report"));
     h.jobs
@@ -1498,20 +1503,38 @@ async fn an_impostor_pod_with_a_workers_server_id_gets_no_traffic() -> Res {
                 "reportDigest": digest, "reportSize": 6, "serverId": "b"}}})),
         )
         .await?;
-    let resp = h
-        .http
-        .get(gw.url("/v1/jobs/default/done/result"))
-        .bearer_auth(token("alice", false))
-        .send()
-        .await?;
+    let download = |gw: &Gateway| {
+        h.http
+            .get(gw.url("/v1/jobs/default/done/result"))
+            .bearer_auth(token("alice", false))
+            .send()
+    };
+    for gw in [&strict, &loose] {
+        let resp = download(gw).await?;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await?.as_ref(), b"report");
+    }
+    assert!(
+        h.log("gw-loose")
+            .contains("not routing to a pod that is not a worker: it is not controlled by a StatefulSet")
+    );
+
+    // A member of another StatefulSet, named and indexed for serverId b.
+    register_pod(&h, "evil-b", "b", port_fake, Some("evil")).await?;
+    let resp = download(&strict).await?;
+    assert_eq!(resp.status(), 200, "the strict gateway ignores evil-b");
+    assert_eq!(resp.bytes().await?.as_ref(), b"report");
+    assert!(h.log("gw-strict").contains("its StatefulSet is evil, not worker"));
+    let resp = download(&loose).await?;
     assert_eq!(resp.status(), 503);
     let text = resp.text().await?;
-    assert!(text.contains("2 Ready pods") && text.contains("impostor"), "{text}");
+    assert!(text.contains("2 Ready pods") && text.contains("evil-b"), "{text}");
     assert!(
         calls_fake.lock().unwrap_or_else(|p| p.into_inner()).is_empty(),
-        "the impostor was called"
+        "an impostor was called"
     );
-    assert!(calls_real.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+    let real_calls = calls_real.lock().unwrap_or_else(|p| p.into_inner()).len();
+    assert_eq!(real_calls, 3, "the real worker served the three routed downloads");
     Ok(())
 }
 

@@ -1306,6 +1306,7 @@ async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
     Kubelet::new(client.clone(), "default")
         .register(PodTemplate {
             name: "streamscan-worker-3".into(),
+            statefulset: Some("streamscan-worker".into()),
             ..Default::default()
         })
         .await?;

@@ -212,6 +212,8 @@ pub struct Devstack {
 }
 
 const NAMESPACE: &str = "default";
+/// The StatefulSet the worker pods are registered as members of (`worker-<serverId>`).
+const WORKER_STATEFULSET: &str = "worker";
 /// The `iss` and `aud` the devstack's gateway requires, and its tokens carry.
 pub const JWT_ISSUER: &str = "https://streamscan.devstack";
 pub const JWT_AUDIENCE: &str = "streamscan";
@@ -366,6 +368,8 @@ impl Devstack {
             NAMESPACE.into(),
             "--worker-namespace".into(),
             NAMESPACE.into(),
+            "--worker-statefulset".into(),
+            WORKER_STATEFULSET.into(),
             "--lease-namespace".into(),
             NAMESPACE.into(),
             "--worker-token-file".into(),
@@ -475,6 +479,7 @@ impl Devstack {
                         ]),
                         annotations: BTreeMap::from([(ANNOTATION_CAPACITY.to_owned(), self.opts.capacity.to_string())]),
                         port: Some(port),
+                        statefulset: Some(WORKER_STATEFULSET.into()),
                     })
                     .await?
             }
@@ -564,6 +569,8 @@ impl Devstack {
             NAMESPACE.into(),
             "--worker-namespace".into(),
             NAMESPACE.into(),
+            "--worker-statefulset".into(),
+            WORKER_STATEFULSET.into(),
         ];
         args.extend(self.kafka_args());
         if self.opts.backend == Backend::Sim {

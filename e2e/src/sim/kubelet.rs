@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use streamscan_api::names::ANNOTATION_HTTP_PORT;
+use streamscan_api::names::{ANNOTATION_HTTP_PORT, LABEL_POD_INDEX};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -42,12 +43,17 @@ pub struct PodTemplate {
     pub annotations: BTreeMap<String, String>,
     /// The process's HTTP port, published as the `streamscan.io/http-port` annotation.
     pub port: Option<u16>,
+    /// Register the Pod as this StatefulSet's member, as its controller would make it: a
+    /// controller owner reference, and the `apps.kubernetes.io/pod-index` label taken from the
+    /// name's `<statefulset>-<ordinal>` suffix.
+    pub statefulset: Option<String>,
 }
 
 /// The fake kubelet of one namespace.
 #[derive(Clone)]
 pub struct Kubelet {
     pods: Api<Pod>,
+    sets: Api<StatefulSet>,
 }
 
 /// A registered Pod.
@@ -67,7 +73,8 @@ pub struct Supervised {
 impl Kubelet {
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
-            pods: Api::namespaced(client, namespace),
+            pods: Api::namespaced(client.clone(), namespace),
+            sets: Api::namespaced(client, namespace),
         }
     }
 
@@ -77,10 +84,22 @@ impl Kubelet {
         if let Some(port) = template.port {
             annotations.insert(ANNOTATION_HTTP_PORT.into(), port.to_string());
         }
+        let mut labels = template.labels.clone();
+        let mut owners = Vec::new();
+        if let Some(sts) = &template.statefulset {
+            if let Some(ordinal) = template.name.strip_prefix(&format!("{sts}-")) {
+                labels.insert(LABEL_POD_INDEX.into(), ordinal.to_owned());
+            }
+            let uid = self.statefulset_uid(sts).await?;
+            owners.push(json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }));
+        }
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": template.name, "labels": template.labels, "annotations": annotations},
+            "metadata": {"name": template.name, "labels": labels, "annotations": annotations, "ownerReferences": owners},
             "spec": {"containers": [{"name": "main", "image": "local-process"}], "nodeName": "kube-sim"},
         }))
         .map_err(|e| KubeletError::Kube(kube::Error::SerdeError(e)))?;
@@ -91,6 +110,34 @@ impl Kubelet {
         };
         handle.set_ready(true).await?;
         Ok(handle)
+    }
+
+    /// The uid of the StatefulSet `name`, created (with no replicas: no controller here makes
+    /// pods) when missing. It must exist: a real control plane's garbage collector deletes pods
+    /// whose owner does not.
+    async fn statefulset_uid(&self, name: &str) -> Result<String, KubeletError> {
+        if let Some(uid) = self.sets.get_opt(name).await?.and_then(|s| s.metadata.uid) {
+            return Ok(uid);
+        }
+        let set: StatefulSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
+            "spec": {
+                "serviceName": name, "replicas": 0,
+                "selector": {"matchLabels": {"streamscan.test/statefulset": name}},
+                "template": {
+                    "metadata": {"labels": {"streamscan.test/statefulset": name}},
+                    "spec": {"containers": [{"name": "main", "image": "local-process"}]},
+                },
+            },
+        }))
+        .map_err(|e| KubeletError::Kube(kube::Error::SerdeError(e)))?;
+        let created = match self.sets.create(&PostParams::default(), &set).await {
+            Ok(created) => created,
+            // Another registration created it first.
+            Err(kube::Error::Api(e)) if e.code == 409 => self.sets.get(name).await?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(created.metadata.uid.unwrap_or_default())
     }
 
     /// Registers the Pod and watches `child`: when it exits (or [`Supervised::kill`] kills it),

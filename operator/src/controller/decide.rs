@@ -12,13 +12,13 @@ use streamscan_api::job::MAX_PAST_ATTEMPTS;
 use streamscan_api::names::{FINALIZER_RESULTS, condition, reason};
 use streamscan_api::{AnalysisJob, AnalysisJobStatus, AttemptRef, Execution, ExecutionState, Phase};
 
-use super::servers::{Health, ServerSet};
+use super::servers::{Health, PodRule, ServerSet};
 
 /// Tunables, from flags.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Jobs per server unless its pod's annotation says otherwise.
-    pub default_capacity: usize,
+    /// Which worker pods are servers, and their capacity unless annotated.
+    pub pods: PodRule,
     /// How long a pinned server may stay NotReady before its jobs move.
     pub not_ready_grace: SignedDuration,
     /// How long a cancelled job waits for a server that is not Ready to roll back.
@@ -37,7 +37,10 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            default_capacity: 4,
+            pods: PodRule {
+                default_capacity: 4,
+                statefulset: None,
+            },
             not_ready_grace: SignedDuration::from_secs(30),
             cancel_grace: SignedDuration::from_secs(30),
             backoff_base: SignedDuration::from_secs(10),

@@ -115,7 +115,7 @@ async fn reconcile_job(job: Arc<AnalysisJob>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let pods = ctx.pods.state();
-    let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), ctx.settings.default_capacity);
+    let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), &ctx.settings.pods);
     let event_id = uuid::Uuid::new_v4().to_string();
     let now = Timestamp::now();
 
@@ -306,7 +306,7 @@ pub fn forget_vanished(ctx: &Context) -> usize {
 /// Looks again at the oldest waiting jobs, as many as there are free slots.
 pub fn wake_waiting(ctx: &Context) {
     let pods = ctx.pods.state();
-    let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), ctx.settings.default_capacity);
+    let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), &ctx.settings.pods);
     let keys = {
         let ledger = ctx.ledger.lock();
         let load = ledger.load();
@@ -365,7 +365,7 @@ async fn cleanup(job: &AnalysisJob, uid: &str, api: &Api<AnalysisJob>, ctx: &Con
         return Ok(Action::await_change());
     };
     let pods = ctx.pods.state();
-    let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), ctx.settings.default_capacity);
+    let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), &ctx.settings.pods);
     let endpoint = servers.ready_unique(&server_id).and_then(|s| s.endpoint.clone());
     let outcome = match endpoint {
         Some(endpoint) => delete_result(ctx, &endpoint, uid).await,

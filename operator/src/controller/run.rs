@@ -26,7 +26,7 @@ use super::decide::{EventType, Settings};
 use super::ledger::Ledger;
 use super::metrics::{Metrics, PhaseLabels, ServerLabels};
 use super::reconcile::{CleanupSettings, Context, error_policy, forget_vanished, publish, reconcile};
-use super::servers::ServerSet;
+use super::servers::{PodRule, ServerSet};
 use crate::ops;
 use crate::shutdown;
 
@@ -41,6 +41,10 @@ pub struct ControllerArgs {
     /// Namespace of the worker pods (default: all namespaces).
     #[arg(long, env = "STREAMSCAN_WORKER_NAMESPACE")]
     pub worker_namespace: Option<String>,
+    /// Name of the worker StatefulSet: only its pods are servers (default: any StatefulSet's
+    /// pods named `<statefulset>-<serverId>`).
+    #[arg(long, env = "STREAMSCAN_WORKER_STATEFULSET")]
+    pub worker_statefulset: Option<String>,
     /// Concurrent jobs per server, unless its pod's `streamscan.io/capacity` annotation says otherwise.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub capacity: u16,
@@ -88,7 +92,10 @@ pub struct ControllerArgs {
 impl ControllerArgs {
     fn settings(&self) -> Settings {
         Settings {
-            default_capacity: usize::from(self.capacity),
+            pods: PodRule {
+                default_capacity: usize::from(self.capacity),
+                statefulset: self.worker_statefulset.clone(),
+            },
             not_ready_grace: SignedDuration::from_secs(i64::from(self.not_ready_grace_seconds)),
             cancel_grace: SignedDuration::from_secs(i64::from(self.cancel_grace_seconds)),
             backoff_base: SignedDuration::from_secs(i64::from(self.backoff_base_seconds)),
@@ -269,7 +276,7 @@ fn jobs_for_pod(ctx: &Context, pod: &Pod) -> Vec<ObjectRef<AnalysisJob>> {
         .filter(|job| !job.phase().is_finished() || job.metadata.deletion_timestamp.is_some())
         .map(|job| ObjectRef::from_obj(job.as_ref()))
         .collect();
-    let capacity = ctx.settings.default_capacity.max(1);
+    let capacity = ctx.settings.pods.default_capacity.max(1);
     let waiting = ctx.ledger.lock().oldest_waiting(capacity);
     refs.extend(
         waiting
@@ -312,7 +319,7 @@ async fn update_gauges(ctx: Arc<Context>, stop: CancellationToken) {
                 .set(n);
         }
         let pods = ctx.pods.state();
-        let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), ctx.settings.default_capacity);
+        let servers = ServerSet::from_pods(pods.iter().map(Arc::as_ref), &ctx.settings.pods);
         let (load, waiting) = {
             let ledger = ctx.ledger.lock();
             (ledger.load(), ledger.waiting_len())
@@ -333,29 +340,51 @@ async fn update_gauges(ctx: Arc<Context>, stop: CancellationToken) {
         ctx.metrics
             .duplicate_server_ids
             .set(i64::try_from(duplicates.len()).unwrap_or(i64::MAX));
-        let mut now_reported = BTreeSet::new();
-        for (server_id, pod_names) in duplicates {
-            let key = format!("{server_id}:{}", pod_names.join(","));
-            if !reported.contains(&key) {
-                let message = format!(
-                    "serverId {server_id} is carried by {} Ready pods ({}); none of them gets new jobs until only one does",
-                    pod_names.len(),
-                    pod_names.join(", ")
-                );
-                tracing::warn!(server_id, pods = ?pod_names, "duplicate serverId");
-                for pod in pods.iter().filter(|p| pod_names.contains(&p.name_any().as_str())) {
-                    publish(
-                        &ctx,
-                        &pod.object_ref(&()),
-                        EventType::Warning,
-                        reason::DUPLICATE_SERVER_ID,
-                        &message,
-                    )
-                    .await;
-                }
-            }
-            now_reported.insert(key);
-        }
-        reported = now_reported;
+        reported = report_pod_problems(&ctx, &pods, &servers, duplicates, &reported).await;
     }
+}
+
+/// A Warning Event on each pod of a duplicated serverId, and on each stray pod (one that carries
+/// a serverId but is not a worker StatefulSet member), once per occurrence. Returns what is
+/// reported now, for the next round.
+async fn report_pod_problems(
+    ctx: &Context,
+    pods: &[Arc<Pod>],
+    servers: &ServerSet,
+    duplicates: Vec<(&str, Vec<&str>)>,
+    reported: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut problems: Vec<(String, Vec<String>, &str, String)> = Vec::new();
+    for (server_id, pod_names) in duplicates {
+        let message = format!(
+            "serverId {server_id} is carried by {} Ready pods ({}); none of them gets new jobs until only one does",
+            pod_names.len(),
+            pod_names.join(", ")
+        );
+        tracing::warn!(server_id, pods = ?pod_names, "duplicate serverId");
+        let key = format!("dup:{server_id}:{}", pod_names.join(","));
+        let names = pod_names.into_iter().map(str::to_owned).collect();
+        problems.push((key, names, reason::DUPLICATE_SERVER_ID, message));
+    }
+    for stray in servers.strays() {
+        let message = format!(
+            "pod {} carries serverId {} but {}: it gets no jobs and no traffic",
+            stray.pod_name, stray.server_id, stray.why
+        );
+        let key = format!("stray:{}:{}", stray.pod_name, stray.why);
+        problems.push((key, vec![stray.pod_name.clone()], reason::STRAY_WORKER_POD, message));
+    }
+    let mut now_reported = BTreeSet::new();
+    for (key, pod_names, event_reason, message) in problems {
+        if !reported.contains(&key) {
+            if event_reason == reason::STRAY_WORKER_POD {
+                tracing::warn!(pods = ?pod_names, "{message}");
+            }
+            for pod in pods.iter().filter(|p| pod_names.contains(&p.name_any())) {
+                publish(ctx, &pod.object_ref(&()), EventType::Warning, event_reason, &message).await;
+            }
+        }
+        now_reported.insert(key);
+    }
+    now_reported
 }

@@ -1,12 +1,21 @@
 //! Which servers exist, which are healthy, and which may take a job: a pure view of the worker
 //! pods, built from the pod cache on every reconcile.
+//!
+//! A pod is a server only as the worker StatefulSet made it: controlled by a StatefulSet (the one
+//! named by `--worker-statefulset`, when set), named `<statefulset>-<serverId>`, with its
+//! `apps.kubernetes.io/pod-index` label equal to its serverId. Pod names are unique, so a pod that
+//! merely copies a worker's labels (an impostor, with the internal token as its prize) is a
+//! [`Stray`]: it gets no jobs and no traffic, and it is reported.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use streamscan_api::names::{ANNOTATION_CAPACITY, ANNOTATION_HTTP_PORT, DEFAULT_WORKER_HTTP_PORT, LABEL_SERVER_ID};
+use streamscan_api::names::{
+    ANNOTATION_CAPACITY, ANNOTATION_HTTP_PORT, DEFAULT_WORKER_HTTP_PORT, LABEL_POD_INDEX, LABEL_SERVER_ID,
+};
 
 /// One worker pod that carries a `serverId`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,32 +44,59 @@ pub enum Health<'a> {
     Gone,
 }
 
+/// A pod that carries a serverId but is not a member of the worker StatefulSet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stray {
+    pub pod_name: String,
+    pub server_id: String,
+    /// Why it is not taken for a server, as a clause ("it is not controlled by a StatefulSet").
+    pub why: String,
+}
+
+/// Which pods count as servers.
+#[derive(Clone, Debug, Default)]
+pub struct PodRule {
+    /// Capacity of a server whose pod has no capacity annotation.
+    pub default_capacity: usize,
+    /// The worker StatefulSet's name; any StatefulSet when unset.
+    pub statefulset: Option<String>,
+}
+
 /// All worker pods, by serverId.
 #[derive(Clone, Debug, Default)]
 pub struct ServerSet {
     by_id: BTreeMap<String, Vec<Server>>,
+    strays: Vec<Stray>,
 }
 
 impl ServerSet {
     /// Builds the set from worker pods (already filtered by the worker selector). Pods without a
-    /// serverId label, or being deleted, are not servers.
-    pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>, default_capacity: usize) -> Self {
-        let mut by_id: BTreeMap<String, Vec<Server>> = BTreeMap::new();
+    /// serverId label, or being deleted, are not servers; those that are not members of the
+    /// worker StatefulSet are [`ServerSet::strays`].
+    pub fn from_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>, rule: &PodRule) -> Self {
+        let mut set = ServerSet::default();
         for pod in pods {
-            if let Some(server) = server_of(pod, default_capacity) {
-                by_id.entry(server.id.clone()).or_default().push(server);
+            match server_of(pod, rule) {
+                Some(Ok(server)) => set.by_id.entry(server.id.clone()).or_default().push(server),
+                Some(Err(stray)) => set.strays.push(stray),
+                None => {}
             }
         }
-        ServerSet { by_id }
+        set
     }
 
     /// Builds a set directly (tests, benchmarks).
     pub fn from_servers(servers: impl IntoIterator<Item = Server>) -> Self {
-        let mut by_id: BTreeMap<String, Vec<Server>> = BTreeMap::new();
+        let mut set = ServerSet::default();
         for server in servers {
-            by_id.entry(server.id.clone()).or_default().push(server);
+            set.by_id.entry(server.id.clone()).or_default().push(server);
         }
-        ServerSet { by_id }
+        set
+    }
+
+    /// Pods that carry a serverId but are not taken for servers.
+    pub fn strays(&self) -> &[Stray] {
+        &self.strays
     }
 
     /// serverIds carried by more than one Ready pod, with those pods' names: a configuration
@@ -132,13 +168,50 @@ impl ServerSet {
     }
 }
 
-fn server_of(pod: &Pod, default_capacity: usize) -> Option<Server> {
+/// Whether a pod is the one the worker StatefulSet made for serverId `id`.
+fn membership(meta: &ObjectMeta, id: &str, statefulset: Option<&str>) -> Result<(), String> {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .filter(|o| o.kind == "StatefulSet" && o.api_version.starts_with("apps/"))
+        .ok_or("it is not controlled by a StatefulSet")?;
+    if let Some(expected) = statefulset
+        && owner.name != expected
+    {
+        return Err(format!("its StatefulSet is {}, not {expected}", owner.name));
+    }
+    let index = meta.labels.as_ref().and_then(|l| l.get(LABEL_POD_INDEX));
+    if index.map(String::as_str) != Some(id) {
+        return Err(match index {
+            Some(index) => format!("its {LABEL_POD_INDEX} label is {index}, not its serverId"),
+            None => format!("it has no {LABEL_POD_INDEX} label"),
+        });
+    }
+    let name = meta.name.as_deref().unwrap_or_default();
+    let expected = format!("{}-{id}", owner.name);
+    if name != expected {
+        return Err(format!("its name is not {expected}"));
+    }
+    Ok(())
+}
+
+fn server_of(pod: &Pod, rule: &PodRule) -> Option<Result<Server, Stray>> {
     let meta = &pod.metadata;
     if meta.deletion_timestamp.is_some() {
         return None;
     }
     let labels = meta.labels.clone().unwrap_or_default();
     let id = labels.get(LABEL_SERVER_ID)?.clone();
+    if let Err(why) = membership(meta, &id, rule.statefulset.as_deref()) {
+        return Some(Err(Stray {
+            pod_name: meta.name.clone().unwrap_or_default(),
+            server_id: id,
+            why,
+        }));
+    }
+    let default_capacity = rule.default_capacity;
     let annotations = meta.annotations.as_ref();
     let capacity = annotations
         .and_then(|a| a.get(ANNOTATION_CAPACITY))
@@ -164,7 +237,7 @@ fn server_of(pod: &Pod, default_capacity: usize) -> Option<Server> {
             format!("http://{ip}:{port}")
         }
     });
-    Some(Server {
+    Some(Ok(Server {
         id,
         pod_name: meta.name.clone().unwrap_or_default(),
         ready,
@@ -172,7 +245,7 @@ fn server_of(pod: &Pod, default_capacity: usize) -> Option<Server> {
         capacity,
         labels,
         endpoint,
-    })
+    }))
 }
 
 /// Whether labels satisfy a Kubernetes label selector (matchLabels AND matchExpressions).
@@ -201,20 +274,32 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta, OwnerReference, Time};
 
     fn ts(secs: i64) -> Timestamp {
         Timestamp::from_second(secs).unwrap()
     }
 
+    /// A worker pod as a StatefulSet makes it: `<set>-<ordinal>`, owned by `<set>`, its ordinal in
+    /// the pod-index label.
     fn pod(name: &str, id: Option<&str>, ready: bool, since: i64) -> Pod {
         let mut labels = BTreeMap::from([("app.kubernetes.io/component".to_owned(), "worker".to_owned())]);
         if let Some(id) = id {
             labels.insert(LABEL_SERVER_ID.to_owned(), id.to_owned());
         }
+        let (set, ordinal) = name.rsplit_once('-').unwrap_or((name, ""));
+        labels.insert(LABEL_POD_INDEX.to_owned(), ordinal.to_owned());
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "StatefulSet".into(),
+                    name: set.into(),
+                    uid: format!("uid-{set}"),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]),
                 labels: Some(labels),
                 annotations: Some(BTreeMap::from([(ANNOTATION_HTTP_PORT.to_owned(), "8080".to_owned())])),
                 ..Default::default()
@@ -238,11 +323,83 @@ mod tests {
         let mut terminating = pod("w-2", Some("2"), true, 0);
         terminating.metadata.deletion_timestamp = Some(Time(ts(5)));
         let pods = [pod("w-0", Some("0"), true, 0), pod("other", None, true, 0), terminating];
-        let set = ServerSet::from_pods(&pods, 4);
+        let set = ServerSet::from_pods(&pods, &rule(None));
         assert_eq!(set.len(), 1);
         let s = set.ready_unique("0").unwrap();
         assert_eq!(s.capacity, 4);
         assert_eq!(s.endpoint.as_deref(), Some("http://10.0.0.7:8080"));
+    }
+
+    fn rule(statefulset: Option<&str>) -> PodRule {
+        PodRule {
+            default_capacity: 4,
+            statefulset: statefulset.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn only_a_statefulsets_pod_named_and_indexed_for_its_server_id_is_a_server() {
+        let mut no_owner = pod("w-1", Some("1"), true, 0);
+        no_owner.metadata.owner_references = None;
+        let mut replica_set = pod("w-2", Some("2"), true, 0);
+        if let Some(o) = replica_set.metadata.owner_references.as_mut() {
+            o[0].kind = "ReplicaSet".into();
+        }
+        let mut not_controller = pod("w-3", Some("3"), true, 0);
+        if let Some(o) = not_controller.metadata.owner_references.as_mut() {
+            o[0].controller = None;
+        }
+        let pods = [
+            pod("w-0", Some("0"), true, 0),
+            no_owner,
+            replica_set,
+            not_controller,
+            // Label copied, name of another ordinal.
+            pod("w-4", Some("5"), true, 0),
+            pod("other-6", Some("6"), true, 0),
+        ];
+        let set = ServerSet::from_pods(&pods, &rule(None));
+        let ids: Vec<&str> = set.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["0", "6"],
+            "any StatefulSet's member, without --worker-statefulset"
+        );
+        let why: Vec<(&str, &str)> = set
+            .strays()
+            .iter()
+            .map(|s| (s.pod_name.as_str(), s.why.as_str()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                ("w-1", "it is not controlled by a StatefulSet"),
+                ("w-2", "it is not controlled by a StatefulSet"),
+                ("w-3", "it is not controlled by a StatefulSet"),
+                ("w-4", "its apps.kubernetes.io/pod-index label is 4, not its serverId"),
+            ]
+        );
+        let set = ServerSet::from_pods(&pods, &rule(Some("w")));
+        let ids: Vec<&str> = set.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["0"]);
+        assert!(
+            set.strays()
+                .iter()
+                .any(|s| s.pod_name == "other-6" && s.why == "its StatefulSet is other, not w")
+        );
+        // The index label right, the name not: a pod named for another server.
+        let mut renamed = pod("w-8", Some("9"), true, 0);
+        if let Some(l) = renamed.metadata.labels.as_mut() {
+            l.insert(LABEL_POD_INDEX.to_owned(), "9".to_owned());
+        }
+        let set = ServerSet::from_pods(&[renamed], &rule(None));
+        assert_eq!(set.strays()[0].why, "its name is not w-9");
+        let mut unindexed = pod("w-9", Some("9"), true, 0);
+        if let Some(l) = unindexed.metadata.labels.as_mut() {
+            l.remove(LABEL_POD_INDEX);
+        }
+        let set = ServerSet::from_pods(&[unindexed], &rule(None));
+        assert_eq!(set.strays()[0].why, "it has no apps.kubernetes.io/pod-index label");
     }
 
     #[test]
@@ -259,7 +416,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert(ANNOTATION_CAPACITY.into(), "lots".into());
-        let set = ServerSet::from_pods(&[a, b], 4);
+        let set = ServerSet::from_pods(&[a, b], &rule(None));
         let capacity = |id: &str| set.iter().find(|s| s.id == id).map(|s| s.capacity);
         assert_eq!(capacity("0"), Some(9));
         assert_eq!(capacity("1"), Some(4));
@@ -268,12 +425,12 @@ mod tests {
     #[test]
     fn duplicate_ready_server_ids_are_reported_and_not_eligible() {
         let pods = [
-            pod("w-0", Some("7"), true, 0),
-            pod("x-0", Some("7"), true, 0),
+            pod("w-7", Some("7"), true, 0),
+            pod("x-7", Some("7"), true, 0),
             pod("w-1", Some("1"), true, 0),
         ];
-        let set = ServerSet::from_pods(&pods, 4);
-        assert_eq!(set.duplicates(), vec![("7", vec!["w-0", "x-0"])]);
+        let set = ServerSet::from_pods(&pods, &rule(None));
+        assert_eq!(set.duplicates(), vec![("7", vec!["w-7", "x-7"])]);
         let eligible: Vec<&str> = set.eligible(None, None).map(|s| s.id.as_str()).collect();
         assert_eq!(eligible, ["1"]);
         // Existing jobs on the duplicated server still see it as alive.
@@ -285,7 +442,7 @@ mod tests {
 
     #[test]
     fn health_honours_the_not_ready_grace() {
-        let set = ServerSet::from_pods(&[pod("w-0", Some("0"), false, 100)], 4);
+        let set = ServerSet::from_pods(&[pod("w-0", Some("0"), false, 100)], &rule(None));
         let grace = SignedDuration::from_secs(30);
         assert_eq!(set.health("0", ts(110), grace), Health::Unready { until: ts(130) });
         assert_eq!(set.health("0", ts(130), grace), Health::Dead);
@@ -302,7 +459,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("streamscan.io/pool".into(), "large".into());
-        let set = ServerSet::from_pods(&[large, pod("w-1", Some("1"), true, 0)], 4);
+        let set = ServerSet::from_pods(&[large, pod("w-1", Some("1"), true, 0)], &rule(None));
         let sel = LabelSelector {
             match_labels: Some(BTreeMap::from([("streamscan.io/pool".to_owned(), "large".to_owned())])),
             ..Default::default()

@@ -28,6 +28,7 @@ pub struct Settings {
     pub default_namespace: String,
     pub worker_selector: String,
     pub worker_namespace: Option<String>,
+    pub worker_statefulset: Option<String>,
     pub heartbeat: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,

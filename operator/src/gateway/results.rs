@@ -19,7 +19,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::http::AppState;
 use super::jobs::owned_job;
-use crate::controller::servers::ServerSet;
+use crate::controller::servers::{PodRule, ServerSet};
 
 /// Digest header of the compressed report, as the worker and the gateway send it.
 pub const DIGEST_HEADER: &str = "x-streamscan-report-sha256";
@@ -46,7 +46,14 @@ pub async fn worker_base(state: &AppState, server_id: &str) -> Result<String, Ap
         .map_err(|e| ApiError::kube(&e))?;
     // The controller's rule: a serverId is served by exactly one Ready pod. A second Ready pod
     // with the same labels (an impostor, or a misconfiguration) gets no traffic, nor the token.
-    let servers = ServerSet::from_pods(&list.items, 1);
+    let rule = PodRule {
+        default_capacity: 1,
+        statefulset: state.settings.worker_statefulset.clone(),
+    };
+    let servers = ServerSet::from_pods(&list.items, &rule);
+    for stray in servers.strays() {
+        tracing::warn!(pod = %stray.pod_name, server_id = %stray.server_id, "not routing to a pod that is not a worker: {}", stray.why);
+    }
     if let Some((_, pods)) = servers.duplicates().into_iter().find(|(id, _)| *id == server_id) {
         return Err(ApiError::unavailable(format!(
             "serverId {server_id} is carried by {} Ready pods ({}); not routing until only one is",
@@ -57,7 +64,19 @@ pub async fn worker_base(state: &AppState, server_id: &str) -> Result<String, Ap
     servers
         .ready_unique(server_id)
         .and_then(|s| s.endpoint.clone())
-        .ok_or_else(|| ApiError::unavailable(format!("no Ready worker holds serverId {server_id}; retry later")))
+        .ok_or_else(|| {
+            let strays: Vec<String> = servers
+                .strays()
+                .iter()
+                .map(|s| format!("pod {} carries it but {}", s.pod_name, s.why))
+                .collect();
+            let also = if strays.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", strays.join("; "))
+            };
+            ApiError::unavailable(format!("no Ready worker holds serverId {server_id}{also}; retry later"))
+        })
 }
 
 fn stored_result(job: &AnalysisJob) -> Result<&ResultSummary, ApiError> {

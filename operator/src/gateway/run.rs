@@ -59,6 +59,10 @@ pub struct GatewayArgs {
     /// Namespace of the worker pods (default: all namespaces).
     #[arg(long, env = "STREAMSCAN_WORKER_NAMESPACE")]
     pub worker_namespace: Option<String>,
+    /// Name of the worker StatefulSet: only its pods get traffic and the internal token (default:
+    /// any StatefulSet's pods named `<statefulset>-<serverId>`).
+    #[arg(long, env = "STREAMSCAN_WORKER_STATEFULSET")]
+    pub worker_statefulset: Option<String>,
     /// File holding the workers' internal bearer token (mounted Secret).
     #[arg(long, env = "STREAMSCAN_WORKER_TOKEN_FILE")]
     pub worker_token_file: Option<PathBuf>,
@@ -171,6 +175,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
             default_namespace: args.default_namespace.clone(),
             worker_selector: args.worker_selector.clone(),
             worker_namespace: args.worker_namespace.clone(),
+            worker_statefulset: args.worker_statefulset.clone(),
             heartbeat: Duration::from_secs(args.heartbeat_seconds),
             max_body_bytes: args.max_body_bytes,
             max_header_bytes: args.max_header_bytes,
