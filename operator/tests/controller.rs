@@ -902,3 +902,21 @@ async fn bench_placement_1000_jobs_on_10_servers() -> TestResult {
     );
     Ok(())
 }
+
+/// An upload job is placed at once (the gateway needs to know where to stream the body) but
+/// holds none of its server's capacity until the worker reports it Running: uploads whose body
+/// never comes keep no other job waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_upload_without_its_body_holds_no_capacity() -> TestResult {
+    let h = Harness::start().await?;
+    h.server("0", Some(1), None).await?;
+    let _c = h.controller("controller", &[])?;
+    h.create("upload", json!({"spec": {"source": {"url": null, "upload": {}}}}))
+        .await?;
+    let upload = h.wait_phase("upload", Phase::Scheduled).await?;
+    assert_eq!(status(&upload).server_id.as_deref(), Some("0"));
+    h.create("url", json!({})).await?;
+    let url = h.wait_phase("url", Phase::Scheduled).await?;
+    assert_eq!(status(&url).server_id.as_deref(), Some("0"), "the only slot was free");
+    Ok(())
+}

@@ -227,6 +227,14 @@ impl Ctx<'_, '_> {
         (Some(e.attempt) == self.st.attempt && Some(&e.event_id) == self.st.event_id.as_ref()).then(|| e.clone())
     }
 
+    /// Whether the placed attempt counts against its server's capacity. An upload job waits for
+    /// its body without taking one of the worker's slots (it reports Running once it has the
+    /// body and a slot), so a placed upload that has not started holds none here either: uploads
+    /// that never come keep no other job from the server.
+    fn holds_slot(&self, report: Option<&Execution>) -> bool {
+        self.o.job.spec.source.upload.is_none() || report.is_some()
+    }
+
     fn deadline(&self) -> Option<Timestamp> {
         let limit = match self.o.job.spec.active_deadline_seconds {
             Some(secs) => SignedDuration::from_secs(secs),
@@ -240,7 +248,7 @@ impl Ctx<'_, '_> {
         let server_id = self.st.server_id.clone().unwrap_or_default();
         match self.o.servers.health(&server_id, self.o.now, self.s.not_ready_grace) {
             Health::Healthy(server) => {
-                self.d.holds = Some(server_id.clone());
+                self.d.holds = self.holds_slot(report).then(|| server_id.clone());
                 self.d.label = Some(server_id.clone());
                 if self.st.pod_name.as_deref() != Some(server.pod_name.as_str()) {
                     // The StatefulSet replaced the pod; the serverId (and its volume) stayed.
@@ -256,7 +264,7 @@ impl Ctx<'_, '_> {
             }
             Health::Unready { until } => {
                 // Keep the slot while the server may come back with its checkpoint.
-                self.d.holds = Some(server_id.clone());
+                self.d.holds = self.holds_slot(report).then(|| server_id.clone());
                 self.d.label = Some(server_id);
                 self.requeue_at(until);
             }
@@ -488,7 +496,7 @@ impl Ctx<'_, '_> {
                 self.requeue_at(deadline);
             }
         }
-        self.d.holds = Some(server.id.clone());
+        self.d.holds = self.holds_slot(None).then(|| server.id.clone());
         self.d.label = Some(server.id.clone());
         let message = format!(
             "placed on server {} (pod {}), attempt {attempt}",

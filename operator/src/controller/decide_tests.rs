@@ -698,3 +698,36 @@ fn past_attempts_keep_the_latest_sixteen_oldest_first() {
     assert_eq!(past.last().map(|a| a.event_id.as_str()), Some("ev-19"));
     assert!(past.iter().all(|a| a.server_id == "0"));
 }
+
+#[test]
+fn an_upload_waiting_for_its_body_holds_no_slot_until_it_runs() {
+    let mut w = World::new(&["0"]);
+    let (job, d) = w.apply(&upload_job());
+    assert_eq!(d.status.phase, Some(Phase::Scheduled));
+    assert_eq!(
+        d.label.as_deref(),
+        Some("0"),
+        "placed: the gateway streams the body there"
+    );
+    assert_eq!(d.holds, None, "no slot while the body has not come");
+    let d = w.decide(&job);
+    assert_eq!(d.holds, None, "still waiting: still no slot");
+    // Not ready: still no slot, and the pin stays.
+    w.servers = ServerSet::from_servers([Server {
+        ready: false,
+        ready_since: Some(ts(0)),
+        ..servers(&["0"]).iter().next().unwrap().clone()
+    }]);
+    w.now = ts(5);
+    let d = w.decide(&job);
+    assert_eq!((d.holds.as_deref(), d.label.as_deref()), (None, Some("0")));
+    // Body in and a worker slot taken: the attempt reports Running and holds its slot.
+    w.servers = servers(&["0"]);
+    let mut running = job.clone();
+    report(&mut running, ExecutionState::Running, None, None);
+    let d = w.decide(&running);
+    assert_eq!(d.holds.as_deref(), Some("0"));
+    // A url job holds its slot from placement on.
+    let (_, d) = w.apply(&url_job());
+    assert_eq!(d.holds.as_deref(), Some("0"));
+}
