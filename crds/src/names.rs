@@ -28,6 +28,11 @@ pub const DEFAULT_WORKER_HTTP_PORT: u16 = 8080;
 /// Secret label that lets a url source's `headersSecretRef` name the Secret (value `true`): no
 /// other Secret is ever read for request headers.
 pub const LABEL_URL_HEADERS: &str = "streamscan.io/url-headers";
+/// Header with the SHA-256 of a stored report: on the worker's and the gateway's result download,
+/// and on the gateway's result DELETE (the digest the client verified).
+pub const HEADER_REPORT_SHA256: &str = "x-streamscan-report-sha256";
+/// Header with the SHA-256 an upload must have (the gateway passes the client's on to the worker).
+pub const HEADER_UPLOAD_SHA256: &str = "x-streamscan-sha256";
 /// Job annotation holding the gateway's idempotency key of the request that created it.
 pub const ANNOTATION_IDEMPOTENCY_KEY: &str = "streamscan.io/idempotency-key";
 
@@ -73,6 +78,18 @@ pub mod reason {
     pub const STRAY_WORKER_POD: &str = "StrayWorkerPod";
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
     pub const RETRYING: &str = "Retrying";
+    /// `spec.suspend` was cleared.
+    pub const RESUMED: &str = "Resumed";
+    /// `spec.cancel` is set; the server is asked to stop and roll back.
+    pub const CANCEL_REQUESTED: &str = "CancelRequested";
+    /// The deleted job's stored result was removed from its server.
+    pub const RESULTS_DELETED: &str = "ResultsDeleted";
+    /// The deleted job's stored result could not be removed after the cleanup attempts.
+    pub const RESULTS_LEFT_BEHIND: &str = "ResultsLeftBehind";
+    /// The worker could not publish the attempt's progress events (Kafka).
+    pub const EVENTS_UNAVAILABLE: &str = "EventsUnavailable";
+    /// The worker could not store the attempt's result on its volume.
+    pub const RESULT_NOT_STORED: &str = "ResultNotStored";
     // Why an attempt failed (status.execution.reason, the FAILED event), set by the worker.
     pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
     pub const SOURCE_UNAVAILABLE: &str = "SourceUnavailable";

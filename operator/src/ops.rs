@@ -32,11 +32,9 @@ pub async fn kube_client() -> anyhow::Result<kube::Client> {
     Ok(client)
 }
 
-/// The workers' internal bearer token from its file (a mounted Secret), trimmed.
-pub fn read_token_file(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
-    use anyhow::Context;
-    let Some(path) = path else { return Ok(None) };
-    let token =
-        std::fs::read_to_string(path).with_context(|| format!("reading the worker token from {}", path.display()))?;
-    Ok(Some(token.trim().to_owned()))
+/// The workers' internal bearer token from its file (a mounted Secret), when one is named.
+pub fn read_token_file(
+    path: Option<&std::path::Path>,
+) -> Result<Option<String>, streamscan_runtime::token::TokenError> {
+    path.map(streamscan_runtime::token::read).transpose()
 }

@@ -7,3 +7,4 @@ pub mod ops;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;

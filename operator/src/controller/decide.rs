@@ -204,7 +204,7 @@ impl Ctx<'_, '_> {
             self.cond(condition::SUSPENDED, Status::False, reason::SUSPENDED, "resumed".into());
             self.note(
                 EventType::Normal,
-                "Resumed",
+                reason::RESUMED,
                 "spec.suspend cleared; the job will be placed again".into(),
             );
         }
@@ -352,12 +352,12 @@ impl Ctx<'_, '_> {
                 self.cond(
                     condition::CANCELLED,
                     Status::Unknown,
-                    "CancelRequested",
+                    reason::CANCEL_REQUESTED,
                     format!("waiting for server {server_id} to roll back"),
                 );
                 self.note(
                     EventType::Normal,
-                    "CancelRequested",
+                    reason::CANCEL_REQUESTED,
                     format!("asked server {server_id} to stop and roll back"),
                 );
                 self.o.now

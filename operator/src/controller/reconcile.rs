@@ -13,10 +13,11 @@ use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use streamscan_api::names::{FINALIZER_RESULTS, LABEL_SERVER_ID, MANAGER_CONTROLLER};
+use streamscan_api::names::{FINALIZER_RESULTS, LABEL_SERVER_ID, MANAGER_CONTROLLER, reason};
 use streamscan_api::{AnalysisJob, AnalysisJobStatus, Phase};
 use tokio::sync::mpsc;
 
+use super::cleanup::{self, AfterFailure};
 use super::decide::{Decision, EventType, Observed, Settings, decide};
 use super::ledger::{Ledger, WaitingKey};
 use super::metrics::{Metrics, ResultLabels};
@@ -355,12 +356,7 @@ async fn cleanup(job: &AnalysisJob, uid: &str, api: &Api<AnalysisJob>, ctx: &Con
     }
     let reference = job.object_ref(&());
     let status = job.status.clone().unwrap_or_default();
-    let server_id = status
-        .result
-        .as_ref()
-        .map(|r| r.server_id.clone())
-        .or(status.server_id.clone());
-    let Some(server_id) = server_id else {
+    let Some(server_id) = cleanup::result_server(&status) else {
         remove_finalizer(job, api).await?;
         return Ok(Action::await_change());
     };
@@ -377,34 +373,41 @@ async fn cleanup(job: &AnalysisJob, uid: &str, api: &Api<AnalysisJob>, ctx: &Con
                 ctx,
                 &reference,
                 EventType::Normal,
-                "ResultsDeleted",
+                reason::RESULTS_DELETED,
                 &format!("deleted stored results on server {server_id}"),
             )
             .await;
             remove_finalizer(job, api).await?;
             Ok(Action::await_change())
         }
-        Err(why) => {
-            let attempts = status.cleanup_attempts.unwrap_or(0) + 1;
-            if attempts >= ctx.cleanup.max_attempts {
+        Err(why) => match cleanup::after_failure(status.cleanup_attempts, ctx.cleanup.max_attempts) {
+            AfterFailure::GiveUp { attempts } => {
                 let message = format!(
                     "gave up deleting stored results of analysis {uid} on server {server_id} after {attempts} attempts ({why}); they may remain on that server's volume"
                 );
-                publish(ctx, &reference, EventType::Warning, "ResultsLeftBehind", &message).await;
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    reason::RESULTS_LEFT_BEHIND,
+                    &message,
+                )
+                .await;
                 remove_finalizer(job, api).await?;
-                return Ok(Action::await_change());
+                Ok(Action::await_change())
             }
-            let patch = json!({"status": {"cleanupAttempts": attempts}});
-            let params = PatchParams {
-                field_manager: Some(MANAGER_CONTROLLER.to_owned()),
-                ..Default::default()
-            };
-            api.patch_status(&job.name_any(), &params, &Patch::Merge(&patch))
-                .await?;
-            tracing::info!(job = %job.name_any(), attempts, %why, "result cleanup failed; retrying");
-            let delay = Duration::from_secs(2u64.saturating_pow(u32::try_from(attempts).unwrap_or(1)).min(60));
-            Ok(Action::requeue(delay))
-        }
+            AfterFailure::Retry { attempts, delay } => {
+                let patch = json!({"status": {"cleanupAttempts": attempts}});
+                let params = PatchParams {
+                    field_manager: Some(MANAGER_CONTROLLER.to_owned()),
+                    ..Default::default()
+                };
+                api.patch_status(&job.name_any(), &params, &Patch::Merge(&patch))
+                    .await?;
+                tracing::info!(job = %job.name_any(), attempts, %why, "result cleanup failed; retrying");
+                Ok(Action::requeue(delay))
+            }
+        },
     }
 }
 

@@ -2,11 +2,12 @@
 //! resume, cancel, job submission (including streamed uploads), result download routed to the
 //! worker that holds it, and JWT authentication.
 //!
-//! Pure parts ([`admit`], [`seqset`], [`verdict`], [`hub`], [`rewind`]) are tested on their own; the I/O shell is
+//! Pure parts ([`admit`], [`deletion`], [`seqset`], [`verdict`], [`hub`], [`rewind`]) are tested on their own; the I/O shell is
 //! [`kafka`], [`history`], [`http`] and friends, wired in [`run`].
 
 pub mod admit;
 pub mod auth;
+pub mod deletion;
 pub mod error;
 pub mod history;
 pub mod http;

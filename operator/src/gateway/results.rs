@@ -12,17 +12,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use streamscan_api::names::{LABEL_SERVER_ID, MANAGER_GATEWAY};
+use streamscan_api::names::{HEADER_REPORT_SHA256, LABEL_SERVER_ID, MANAGER_GATEWAY};
 use streamscan_api::{AnalysisJob, ResultSummary};
 
 use super::auth::Caller;
+use super::deletion::{self, Deletion};
 use super::error::ApiError;
 use super::http::AppState;
 use super::jobs::owned_job;
 use crate::controller::servers::{PodRule, ServerSet};
-
-/// Digest header of the compressed report, as the worker and the gateway send it.
-pub const DIGEST_HEADER: &str = "x-streamscan-report-sha256";
 
 /// Base URL (`http://ip:port`) of the Ready worker pod carrying `server_id`.
 pub async fn worker_base(state: &AppState, server_id: &str) -> Result<String, ApiError> {
@@ -165,7 +163,7 @@ pub async fn download(
     }
     let digest = response
         .headers()
-        .get(DIGEST_HEADER)
+        .get(HEADER_REPORT_SHA256)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| result.report_digest.clone());
@@ -219,7 +217,7 @@ pub async fn download(
         HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/zstd")),
     );
     if let Ok(v) = HeaderValue::from_str(&digest) {
-        headers.insert(DIGEST_HEADER, v);
+        headers.insert(HEADER_REPORT_SHA256, v);
     }
     if let Some(len) = length {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -239,26 +237,11 @@ pub async fn delete(
     let job = owned_job(&state, &caller, &namespace, &name).await?;
     let result = stored_result(&job)?;
     let download = job.status.as_ref().and_then(|s| s.download.clone()).unwrap_or_default();
-    let Some(sent) = headers.get(DIGEST_HEADER).and_then(|v| v.to_str().ok()) else {
-        return Err(ApiError::new(
-            StatusCode::PRECONDITION_REQUIRED,
-            "send X-Streamscan-Report-Sha256 with the SHA-256 you verified on the downloaded report",
-        ));
-    };
-    if !sent.trim().eq_ignore_ascii_case(&result.report_digest) {
-        return Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "X-Streamscan-Report-Sha256 does not match the stored report's digest: download again and verify before deleting",
-        ));
-    }
-    if download.deleted {
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    if download.fetched_at.is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the result has not been downloaded yet: download it, verify its digest, then delete",
-        ));
+    let sent = headers.get(HEADER_REPORT_SHA256).and_then(|v| v.to_str().ok());
+    match deletion::judge(sent, &result.report_digest, &download) {
+        Deletion::Delete => {}
+        Deletion::AlreadyDone => return Ok(StatusCode::NO_CONTENT),
+        Deletion::Refused(status, why) => return Err(ApiError::new(status, why)),
     }
     let uid = job.uid().unwrap_or_default();
     let base = worker_base(&state, &result_server(&job, result)).await?;

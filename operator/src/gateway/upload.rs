@@ -134,7 +134,7 @@ pub async fn create_with_upload(
         request = request.header(reqwest::header::CONTENT_LENGTH, l);
     }
     if let Some(s) = &query.sha256 {
-        request = request.header("x-streamscan-sha256", s);
+        request = request.header(streamscan_api::names::HEADER_UPLOAD_SHA256, s);
     }
     if let Some(token) = &state.worker_token {
         request = request.bearer_auth(token);

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::AttemptId;
 use super::events::{EventQueue, EventsError, OnCommit, Publisher, StillCurrent, StreamInfo};
+use super::lifecycle::{self, ScanEnd};
 use super::sources::{self, Opened, SourceError, Throttled, UploadNotify, UrlOptions};
 use super::status::{Failure, Snapshot, StatusError, StatusWriter, names_attempt, progress_due};
 use super::store::{SavedCheckpoint, Store, StreamState};
@@ -28,18 +29,7 @@ use crate::engine::pipeline::{CancelToken, Checkpoint, EngineError, Hooks, Optio
 use crate::engine::report::Report;
 use crate::engine::sink::DEFAULT_FINDING_CAP;
 
-/// Why a running attempt is asked to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum StopReason {
-    None = 0,
-    /// `spec.cancel`: roll back and report CANCELLED.
-    Cancel = 1,
-    /// The attempt is no longer ours: stop without reporting.
-    Stale = 2,
-    /// SIGTERM: keep the checkpoint, flush the events, report nothing (the restarted worker resumes).
-    Shutdown = 3,
-}
+pub use super::lifecycle::StopReason;
 
 /// How the watch loop steers a running attempt.
 #[derive(Default)]
@@ -210,29 +200,6 @@ impl Emitter {
             self.emit(EventStatus::Progress, snap.processed, |e| e.total_bytes = total)?;
         }
         Ok(())
-    }
-}
-
-fn engine_failure(e: &EngineError) -> Failure {
-    let (why, retriable) = match e {
-        EngineError::Io { .. } => (reason::SOURCE_READ_FAILED, true),
-        EngineError::Analyzer(crate::engine::AnalyzerError::Retriable { .. }) => (reason::ANALYZER_UNAVAILABLE, true),
-        EngineError::BadCheckpoint(_) => (reason::BAD_CHECKPOINT, true),
-        EngineError::Panicked => (reason::ANALYSIS_FAILED, true),
-        _ => (reason::ANALYSIS_FAILED, false),
-    };
-    Failure {
-        reason: why.into(),
-        message: e.to_string(),
-        retriable,
-    }
-}
-
-fn source_failure(e: SourceError) -> Failure {
-    Failure {
-        reason: e.reason.into(),
-        message: e.message,
-        retriable: e.retriable,
     }
 }
 
@@ -577,7 +544,7 @@ async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) ->
         Ok(p) => p,
         Err(err) => {
             let failure = Failure {
-                reason: "EventsUnavailable".into(),
+                reason: reason::EVENTS_UNAVAILABLE.into(),
                 message: err.to_string(),
                 retriable: true,
             };
@@ -588,7 +555,7 @@ async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) ->
     let opened = match open_source(shared, job, offset, control.engine.clone()).await {
         Ok(o) => o,
         Err(e) => {
-            let failure = source_failure(e);
+            let failure = lifecycle::source_failure(e);
             return fail(shared, job, &writer, emitter, publisher, offset, failure).await;
         }
     };
@@ -630,7 +597,7 @@ async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) ->
         Ok(r) => r,
         Err(_) => {
             progress_task.abort();
-            let failure = engine_failure(&EngineError::Panicked);
+            let failure = lifecycle::engine_failure(&EngineError::Panicked);
             let _ = writer.ended(ExecutionState::Failed, &failure).await;
             publisher.abandon();
             return Outcome::Failed;
@@ -638,18 +605,10 @@ async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) ->
     };
     // The sender went with the blocking closure: the progress loop writes its last snapshot and ends.
     let _ = progress_task.await;
-    let processed = emitter.last_bytes;
-    match result {
-        Ok(result) => succeed(shared, job, &writer, emitter, publisher, result).await,
-        Err(EngineError::Cancelled { processed }) => {
-            stopped(shared, job, &writer, emitter, publisher, control.reason(), processed).await
-        }
-        Err(e) if control.reason() != StopReason::None => {
-            tracing::debug!(error = %e, "the engine stopped on request");
-            stopped(shared, job, &writer, emitter, publisher, control.reason(), processed).await
-        }
-        Err(e) => {
-            let failure = engine_failure(&e);
+    match lifecycle::scan_end(result, control.reason(), emitter.last_bytes) {
+        ScanEnd::Succeed(result) => succeed(shared, job, &writer, emitter, publisher, result).await,
+        ScanEnd::Stop { why, processed } => stopped(shared, job, &writer, emitter, publisher, why, processed).await,
+        ScanEnd::Fail { failure, processed } => {
             fail(shared, job, &writer, emitter, publisher, processed, failure).await
         }
     }
@@ -778,7 +737,7 @@ async fn succeed(
         Ok(s) => s,
         Err(message) => {
             let failure = Failure {
-                reason: "ResultNotStored".into(),
+                reason: reason::RESULT_NOT_STORED.into(),
                 message,
                 retriable: true,
             };

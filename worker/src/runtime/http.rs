@@ -20,11 +20,7 @@ use tokio::io::AsyncWriteExt;
 use super::sources::UploadNotify;
 use super::store::{Store, check_id};
 use crate::engine::hex;
-
-/// Header carrying the SHA-256 of the compressed report on download.
-pub const REPORT_DIGEST_HEADER: &str = "x-streamscan-report-sha256";
-/// Header carrying the expected SHA-256 of an upload.
-pub const UPLOAD_DIGEST_HEADER: &str = "x-streamscan-sha256";
+use streamscan_api::names::{HEADER_REPORT_SHA256, HEADER_UPLOAD_SHA256};
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -91,7 +87,7 @@ async fn get_result(State(state): State<HttpState>, Path(id): Path<String>) -> R
         [
             (header::CONTENT_TYPE, "application/zstd".to_owned()),
             (header::CONTENT_LENGTH, stored.size.to_string()),
-            (header::HeaderName::from_static(REPORT_DIGEST_HEADER), stored.digest),
+            (header::HeaderName::from_static(HEADER_REPORT_SHA256), stored.digest),
         ],
         body,
     )
@@ -140,7 +136,7 @@ async fn receive_upload(
         return error(StatusCode::CONFLICT, "this job was already analysed");
     }
     let expected = headers
-        .get(UPLOAD_DIGEST_HEADER)
+        .get(HEADER_UPLOAD_SHA256)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase());
     let tmp = path.with_extension("part");

@@ -2,7 +2,8 @@
 //! AnalysisJobs pinned to its `serverId`, runs them on the engine, reports progress on the CR
 //! and on Kafka, and keeps and serves the compressed results.
 //!
-//! Pure decisions live in [`decide`]; everything else is a thin I/O shell around the engine.
+//! Pure decisions live in [`decide`] (which attempts run here) and [`lifecycle`] (how an attempt
+//! ends); everything else is a thin I/O shell around the engine.
 
 pub mod args;
 pub mod decide;
@@ -10,6 +11,7 @@ pub mod egress;
 pub mod events;
 pub mod executor;
 pub mod http;
+pub mod lifecycle;
 pub mod run;
 pub mod sources;
 pub mod status;

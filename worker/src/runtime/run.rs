@@ -56,15 +56,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.chunk_size == 0 {
         bail!("--chunk-size must be positive");
     }
-    let token = std::fs::read_to_string(&args.internal_token_file)
-        .with_context(|| format!("reading the internal token from {}", args.internal_token_file.display()))?;
-    let token = token.trim().to_owned();
-    if token.is_empty() {
-        bail!(
-            "the internal token file {} is empty",
-            args.internal_token_file.display()
-        );
-    }
+    let token = streamscan_runtime::token::read(&args.internal_token_file)?;
     let store = Store::open(&args.data_dir)
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     let kafka = args.kafka.client_config().context("reading the Kafka credentials")?;
