@@ -708,6 +708,65 @@ async fn forged_events_are_refused_and_every_placed_attempt_is_believed() -> Res
     Ok(())
 }
 
+/// A long history is replayed a page (256 events) at a time, in order, across page and attempt
+/// boundaries, from a resume point in the middle of a page, and `GET .../history` streams it
+/// whole.
+#[tokio::test]
+async fn a_long_history_replays_in_pages_without_gap_or_repeat() -> Res {
+    const N: u64 = 600;
+    let h = Harness::start().await?;
+    let gw = h.gateway("gw", &[]).await?;
+    let job = h.create_job("long", "alice").await?;
+    let alice = token("alice", false);
+    let mut first = h.placed(&job, "ev-1").await?;
+    first.total = N * 10;
+    // Attempt 1 fails after 300 events; attempt 2 runs the whole way.
+    let mut failed = first.at(299, N - 1);
+    failed.status = EventStatus::Failed;
+    for seq in 0..299 {
+        h.send(&first.at(seq, N - 1)).await?;
+    }
+    h.send(&failed).await?;
+    h.set_attempt(&job, 2, "ev-2", "0", json!([{"attempt": 1, "eventId": "ev-1", "serverId": "0"}]))
+        .await?;
+    let second = Stream {
+        job: job.clone(),
+        event_id: "ev-2".into(),
+        attempt: 2,
+        total: N * 10,
+    };
+    for seq in 0..N {
+        h.send(&second.at(seq, N - 1)).await?;
+    }
+    let expected: Vec<(String, u64)> = (0..300)
+        .map(|s| ("ev-1".to_owned(), s))
+        .chain((0..N).map(|s| ("ev-2".to_owned(), s)))
+        .collect();
+    history_seqs_once(&h, &gw, "long", &alice, expected.len()).await?;
+
+    let mut ws = ws_connect(&gw, "long", &alice, None).await?;
+    assert_eq!(ws_ids(&mut ws, expected.len()).await?, expected, "the whole history, in order");
+    let mut ws = ws_connect(&gw, "long", &alice, Some("ev-2:300")).await?;
+    assert_eq!(ws_ids(&mut ws, 299).await?, expected[601..].to_vec(), "from mid-page on");
+    let mut ws = ws_connect(&gw, "long", &alice, Some("ev-1:255")).await?;
+    assert_eq!(ws_ids(&mut ws, 644).await?, expected[256..].to_vec(), "across the attempt boundary");
+
+    let history: Vec<Value> = h
+        .http
+        .get(gw.url("/v1/jobs/default/long/history"))
+        .bearer_auth(&alice)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let got: Vec<(String, u64)> = history
+        .iter()
+        .map(|v| (v["eventId"].as_str().unwrap_or_default().to_owned(), v["seq"].as_u64().unwrap_or(u64::MAX)))
+        .collect();
+    assert_eq!(got, expected);
+    Ok(())
+}
+
 #[tokio::test]
 async fn duplicates_and_out_of_order_are_stored_once_in_order_and_verdicts_recorded() -> Res {
     let h = Harness::start().await?;
@@ -858,6 +917,17 @@ async fn redis_outage_keeps_live_streaming_and_loses_nothing_from_history() -> R
 
 /// The job's history seqs once the gateway serves `n` of them (it answers 503 while it catches
 /// up, and there is no event to await from outside: poll its API, bounded).
+/// The next `n` pushes as (eventId, seq).
+async fn ws_ids(ws: &mut Ws, n: usize) -> Res<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let v = ws_next(ws).await?;
+        let id = v["eventId"].as_str().unwrap_or_default().to_owned();
+        out.push((id, v["seq"].as_u64().unwrap_or(u64::MAX)));
+    }
+    Ok(out)
+}
+
 async fn history_seqs_once(h: &Harness, gw: &Gateway, name: &str, token: &str, n: usize) -> Res<Vec<u64>> {
     let deadline = Instant::now() + WAIT;
     loop {

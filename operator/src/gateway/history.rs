@@ -163,6 +163,25 @@ impl History {
         Ok(raw.into_iter().map(|(p, s)| (s as u64, Bytes::from(p))).collect())
     }
 
+    /// Up to `limit` of one attempt's events with a seq above `after` (all, when None), in seq
+    /// order: a stream replays history a page at a time instead of holding it whole.
+    pub async fn events_page(
+        &self,
+        analyze_id: &str,
+        event_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Bytes)>, HistoryError> {
+        let mut conn = self.conn.clone();
+        let min = after.map_or_else(|| "-inf".to_owned(), |seq| format!("({seq}"));
+        let limit = isize::try_from(limit).unwrap_or(isize::MAX);
+        let raw: Vec<(Vec<u8>, f64)> = conn
+            .zrangebyscore_limit_withscores(events_key(analyze_id, event_id), min, "+inf", 0, limit)
+            .await?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Ok(raw.into_iter().map(|(p, s)| (s as u64, Bytes::from(p))).collect())
+    }
+
     /// Checks an attempt's stored stream and records the verdict.
     pub async fn record_verdict(&self, analyze_id: &str, event_id: &str) -> Result<Recorded, HistoryError> {
         let stored = self.events(analyze_id, event_id).await?;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::ws::{
     CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
@@ -63,12 +62,28 @@ pub enum Next {
     Event(Arc<Published>),
     /// The client fell too far behind and was dropped by the hub.
     Overflow,
+    /// Reading the rest of the history failed; the client should resume later.
+    HistoryFailed,
     Closed,
+}
+
+/// Events of one history page, read from Redis at a time: a stream holds one page, however long
+/// the job's history.
+const REPLAY_PAGE: usize = 256;
+
+/// The history still to replay: attempts in order, the first one from a seq on.
+struct Replay {
+    history: super::history::History,
+    analyze_id: String,
+    attempts: VecDeque<(u32, String)>,
+    /// Seqs of the first attempt up to here are replayed (or were seen by the client).
+    after: Option<u64>,
+    page: VecDeque<Arc<Published>>,
 }
 
 /// One client's ordered feed: replayed history, then live events not yet sent.
 pub struct Feed {
-    replay: VecDeque<Arc<Published>>,
+    replay: Option<Replay>,
     sub: Subscription,
     sent: HashMap<String, SeqSet>,
     pub history_replayed: bool,
@@ -80,7 +95,7 @@ impl Feed {
         // Subscribe before reading history, so nothing published meanwhile is missed.
         let sub = state.hub.subscribe(analyze_id);
         let mut feed = Feed {
-            replay: VecDeque::new(),
+            replay: None,
             sub,
             sent: HashMap::new(),
             history_replayed: false,
@@ -97,7 +112,12 @@ impl Feed {
             }
             return Ok(feed);
         }
-        match load(state, analyze_id, after.as_ref(), &mut feed).await {
+        // The first page is read here, so that a Redis failure answers the request.
+        let opened = match feed.plan_replay(state, analyze_id, after.as_ref()).await {
+            Ok(()) => feed.fill().await,
+            Err(err) => Err(err),
+        };
+        match opened {
             Ok(()) => {
                 feed.history_replayed = true;
                 Ok(feed)
@@ -105,15 +125,90 @@ impl Feed {
             Err(err) if after.is_some() => Err(ApiError::redis(&err)),
             Err(err) => {
                 tracing::warn!(%err, "history unavailable; streaming live only");
-                feed.replay.clear();
+                feed.replay = None;
                 Ok(feed)
             }
         }
     }
 
-    /// Cancel-safe: the only await is the hub queue's `recv`.
+    /// Which attempts to replay, and from where: those before the resume point's attempt were
+    /// seen whole, the resume point's own from after its seq.
+    async fn plan_replay(
+        &mut self,
+        state: &AppState,
+        analyze_id: &str,
+        after: Option<&ResumePoint>,
+    ) -> Result<(), super::history::HistoryError> {
+        let attempts = state.history.attempts(analyze_id).await?;
+        let resume_attempt = after.and_then(|a| attempts.iter().find(|(_, e)| *e == a.event_id).map(|(n, _)| *n));
+        let mut todo = VecDeque::new();
+        for (attempt, event_id) in attempts {
+            if resume_attempt.is_some_and(|r| attempt < r) {
+                // The client has moved past this attempt: never send it again.
+                self.sent.insert(event_id, SeqSet::all());
+            } else {
+                todo.push_back((attempt, event_id));
+            }
+        }
+        let first_after = match (after, todo.front()) {
+            (Some(a), Some((_, first))) if *first == a.event_id => Some(a.seq),
+            _ => None,
+        };
+        self.replay = Some(Replay {
+            history: state.history.clone(),
+            analyze_id: analyze_id.to_owned(),
+            attempts: todo,
+            after: first_after,
+            page: VecDeque::new(),
+        });
+        Ok(())
+    }
+
+    /// Reads history pages until one holds something to send or the history is done.
+    /// Cancel-safe: state changes only after a page is read.
+    async fn fill(&mut self) -> Result<(), super::history::HistoryError> {
+        loop {
+            let Some(replay) = self.replay.as_mut() else { return Ok(()) };
+            if !replay.page.is_empty() {
+                return Ok(());
+            }
+            let Some((attempt, event_id)) = replay.attempts.front().cloned() else {
+                self.replay = None;
+                return Ok(());
+            };
+            let page = replay
+                .history
+                .events_page(&replay.analyze_id, &event_id, replay.after, REPLAY_PAGE)
+                .await?;
+            if page.len() < REPLAY_PAGE {
+                replay.attempts.pop_front();
+                replay.after = None;
+            } else {
+                replay.after = page.last().map(|(seq, _)| *seq);
+            }
+            let set = self.sent.entry(event_id.clone()).or_default();
+            for (seq, payload) in page {
+                if set.insert(seq) {
+                    replay.page.push_back(Arc::new(Published {
+                        analyze_id: replay.analyze_id.clone(),
+                        event_id: event_id.clone(),
+                        attempt,
+                        seq,
+                        payload,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Cancel-safe: the awaits are a history page read (which changes nothing until it is
+    /// complete) and the hub queue's `recv`.
     pub async fn next(&mut self) -> Next {
-        if let Some(event) = self.replay.pop_front() {
+        if let Err(err) = self.fill().await {
+            tracing::warn!(%err, "reading the history failed mid-replay");
+            return Next::HistoryFailed;
+        }
+        if let Some(event) = self.replay.as_mut().and_then(|r| r.page.pop_front()) {
             self.last = Some((event.event_id.clone(), event.seq));
             return Next::Event(event);
         }
@@ -148,36 +243,6 @@ impl Feed {
             None => String::new(),
         }
     }
-}
-
-async fn load(
-    state: &AppState,
-    analyze_id: &str,
-    after: Option<&ResumePoint>,
-    feed: &mut Feed,
-) -> Result<(), super::history::HistoryError> {
-    let attempts = state.history.attempts(analyze_id).await?;
-    let resume_attempt = after.and_then(|a| attempts.iter().find(|(_, e)| *e == a.event_id).map(|(n, _)| *n));
-    for (attempt, event_id) in attempts {
-        if resume_attempt.is_some_and(|r| attempt < r) {
-            // The client has moved past this attempt: never send it again.
-            feed.sent.insert(event_id, SeqSet::all());
-            continue;
-        }
-        for (seq, payload) in state.history.events(analyze_id, &event_id).await? {
-            let set = feed.sent.entry(event_id.clone()).or_default();
-            if set.insert(seq) {
-                feed.replay.push_back(Arc::new(Published {
-                    analyze_id: analyze_id.to_owned(),
-                    event_id: event_id.clone(),
-                    attempt,
-                    seq,
-                    payload,
-                }));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Counts a connected client for as long as it lives.
@@ -289,6 +354,13 @@ fn sse(
                 );
                 Some((Ok(Event::default().comment(comment)), None))
             }
+            Next::HistoryFailed => {
+                let comment = format!(
+                    "disconnected: the history could not be read; reconnect later with Last-Event-ID: {}",
+                    feed.resume_hint()
+                );
+                Some((Ok(Event::default().comment(comment)), None))
+            }
             Next::Closed => None,
         }
     });
@@ -345,6 +417,10 @@ async fn websocket(
                     tracing::info!(%namespace, %name, "disconnected a slow WebSocket client");
                     return;
                 }
+                Next::HistoryFailed => {
+                    let hint = feed.resume_hint();
+                    Some(close(1011, format!("history unavailable; reconnect later with after={hint}")))
+                }
                 Next::Closed => Some(close(1001, "stream closed".into())),
             },
             incoming = socket.recv() => match incoming {
@@ -399,12 +475,13 @@ async fn on_client_text(state: &AppState, caller: &Caller, namespace: &str, name
     Message::Text(Utf8Bytes::from(reply.to_string()))
 }
 
-/// `GET .../history`: the stored events of every attempt, in order (503 while Redis is out).
+/// `GET .../history`: the stored events of every attempt, in order (503 while Redis is out),
+/// streamed as one JSON array a page at a time.
 pub async fn history(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+) -> Result<Response, ApiError> {
     let job = owned_job(&state, &caller, &namespace, &name).await?;
     if !state.history_ok.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable(
@@ -412,23 +489,61 @@ pub async fn history(
         ));
     }
     let analyze_id = job.uid().unwrap_or_default();
-    let mut out = Vec::new();
-    for (_, event_id) in state
+    let attempts: VecDeque<String> = state
         .history
         .attempts(&analyze_id)
         .await
         .map_err(|e| ApiError::redis(&e))?
-    {
-        for (_, payload) in state
-            .history
-            .events(&analyze_id, &event_id)
-            .await
-            .map_err(|e| ApiError::redis(&e))?
-        {
-            out.push(serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null));
-        }
+        .into_iter()
+        .map(|(_, event_id)| event_id)
+        .collect();
+    struct Pages {
+        history: super::history::History,
+        analyze_id: String,
+        attempts: VecDeque<String>,
+        after: Option<u64>,
+        empty: bool,
     }
-    Ok(Json(out))
+    let start = Pages {
+        history: state.history.clone(),
+        analyze_id,
+        attempts,
+        after: None,
+        empty: true,
+    };
+    // Stored payloads are JSON checked at ingest: written out as they are, comma-separated.
+    let body = futures::stream::unfold(Some(start), |pages| async move {
+        let mut p = pages?;
+        let Some(event_id) = p.attempts.front().cloned() else {
+            let close: &[u8] = if p.empty { b"[]" } else { b"]" };
+            return Some((Ok::<_, super::history::HistoryError>(Bytes::from_static(close)), None));
+        };
+        let page = match p.history.events_page(&p.analyze_id, &event_id, p.after, REPLAY_PAGE).await {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(%err, "reading the history failed mid-response");
+                return Some((Err(err), None));
+            }
+        };
+        if page.len() < REPLAY_PAGE {
+            p.attempts.pop_front();
+            p.after = None;
+        } else {
+            p.after = page.last().map(|(seq, _)| *seq);
+        }
+        let mut chunk = Vec::new();
+        for (_, payload) in page {
+            chunk.push(if p.empty { b'[' } else { b',' });
+            p.empty = false;
+            chunk.extend_from_slice(&payload);
+        }
+        Some((Ok(Bytes::from(chunk)), Some(p)))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
 }
 
 #[cfg(test)]
