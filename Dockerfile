@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # Streamscan images, one Dockerfile, two targets:
-#   docker build --target operator -t streamscan/operator:dev .   (controller and gateway)
+#   docker build --target operator -t streamscan/operator:dev .   (controller and gateway binaries)
 #   docker build --target worker   -t streamscan/worker:dev .     (analysis server)
 #
 # TLS libraries: rdkafka's `ssl` feature links OpenSSL dynamically. The runtime base,
@@ -26,10 +26,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p streamscan-operator -p streamscan-worker \
-      --bin streamscan-operator --bin streamscan-worker \
+    cargo build --release --locked -p streamscan-operator -p streamscan-gateway -p streamscan-worker \
+      --bin streamscan-operator --bin streamscan-gateway --bin streamscan-worker \
  && mkdir -p /out \
- && cp target/release/streamscan-operator target/release/streamscan-worker /out/
+ && cp target/release/streamscan-operator target/release/streamscan-gateway target/release/streamscan-worker /out/
 # Refuse a binary that needs a shared library the runtime image lacks.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN for bin in /out/*; do \
@@ -41,7 +41,7 @@ RUN for bin in /out/*; do \
 RUN mkdir -p /data/var/lib/streamscan
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
-COPY --from=build /out/streamscan-operator /usr/local/bin/streamscan-operator
+COPY --from=build /out/streamscan-operator /out/streamscan-gateway /usr/local/bin/
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/streamscan-operator"]

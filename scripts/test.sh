@@ -36,7 +36,7 @@ fi
 
 # kubectl is not a Debian package: the Kubernetes API simulator's tests (e2e/) drive the real binary.
 if ! command -v kubectl >/dev/null 2>&1; then
-  echo "error: the tests need kubectl (v1.32 or newer) on PATH, for e2e/tests/sim_kubectl.rs" >&2
+  echo "error: the tests need kubectl (v1.32 or newer) on PATH, for testing/kube-sim/tests/sim_kubectl.rs" >&2
   echo "install it from https://kubernetes.io/docs/tasks/tools/ (it is not a Debian package) and run again" >&2
   exit 2
 fi

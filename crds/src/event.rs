@@ -108,6 +108,11 @@ pub struct ProgressEvent {
     /// On COMPLETED: the result summary, as recorded on the AnalysisJob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultSummary>,
+    /// W3C trace context of this event (the same as its Kafka `traceparent` header): the job's
+    /// trace (from the request that created it), with this event as the span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 55, max = 256))]
+    pub traceparent: Option<String>,
 }
 
 /// Why a payload is not a valid progress event.
@@ -186,6 +191,14 @@ impl ProgressEvent {
         if self.attempt == 0 {
             return invalid("attempt", "must be 1 or more");
         }
+        if let Some(tp) = &self.traceparent
+            && crate::trace::TraceParent::parse(tp).is_none()
+        {
+            return invalid(
+                "traceparent",
+                "is not a W3C traceparent (00-<trace-id>-<parent-id>-<flags>)",
+            );
+        }
         if let Some(total) = self.total_bytes
             && self.bytes_processed > total
         {
@@ -228,6 +241,7 @@ mod tests {
             message: None,
             retriable: None,
             result: None,
+            traceparent: None,
         }
     }
 
@@ -291,8 +305,18 @@ mod tests {
         e.message = Some("m".repeat(MAX_MESSAGE_BYTES + 1));
         assert!(matches!(e.check(), Err(EventError::Invalid { field: "message", .. })));
         let mut e = sample();
+        e.traceparent = Some("00-abc\nid: forged".into());
+        assert!(matches!(
+            e.check(),
+            Err(EventError::Invalid {
+                field: "traceparent",
+                ..
+            })
+        ));
+        let mut e = sample();
         e.user_id = "alice@example.com".into();
         e.message = Some("é".repeat(1000));
+        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         assert!(e.check().is_ok(), "ordinary values pass");
         let huge = vec![b' '; MAX_EVENT_BYTES + 1];
         assert!(matches!(

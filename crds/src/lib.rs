@@ -1,5 +1,6 @@
 //! The Streamscan API: the `AnalysisJob` custom resource, the progress-event schema, and the
-//! names (labels, annotations, finalizers, condition types) every component shares.
+//! names (labels, annotations, finalizers, condition types) every component shares, and which
+//! worker pods are servers (the controller places on them, the gateway routes to them).
 
 pub mod conditions;
 pub mod event;
@@ -7,6 +8,8 @@ pub mod generate;
 pub mod job;
 pub mod names;
 pub mod redact;
+pub mod servers;
+pub mod trace;
 
 pub use event::{EVENT_VERSION, EventError, EventStatus, ProgressEvent};
 pub use job::{

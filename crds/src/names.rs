@@ -35,6 +35,9 @@ pub const HEADER_REPORT_SHA256: &str = "x-streamscan-report-sha256";
 pub const HEADER_UPLOAD_SHA256: &str = "x-streamscan-sha256";
 /// Job annotation holding the gateway's idempotency key of the request that created it.
 pub const ANNOTATION_IDEMPOTENCY_KEY: &str = "streamscan.io/idempotency-key";
+/// On an AnalysisJob: the W3C `traceparent` of the request that created it (the gateway sets it
+/// from the request's header, or starts a trace); the worker's events continue that trace.
+pub const ANNOTATION_TRACEPARENT: &str = "streamscan.io/traceparent";
 
 /// Finalizer that keeps a job until the worker holding its results has deleted them.
 pub const FINALIZER_RESULTS: &str = "streamscan.io/results-cleanup";

@@ -1,5 +1,5 @@
 //! The scenario suite of issue 8: the whole system, faults included, each scenario against a
-//! fresh devstack (`streamscan_e2e::devstack`, in-process) or, with the `STREAMSCAN_E2E_*`
+//! fresh devstack (`streamscan_devstack`, in-process) or, with the `STREAMSCAN_E2E_*`
 //! variables of e2e/README.md, against a real cluster where the chart is installed.
 //!
 //! Every scenario checks the AnalysisJob, the events read back from Kafka by a read_committed
@@ -35,8 +35,8 @@ use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use serde_json::json;
-use streamscan_api::Phase;
-use streamscan_e2e::devstack::Options;
+use streamscan_api::{Phase, ProgressEvent};
+use streamscan_devstack::Options;
 use support::*;
 
 const MIB: usize = 1 << 20;
@@ -125,6 +125,16 @@ async fn happy_paths() -> Res {
             }
             for (name, ws) in &jobs {
                 let job = check_job(env, tally, name, Expect::Succeeded, Some(ws)).await?;
+                if *name == "happy-upload" {
+                    // The request's trace, through the CR and Kafka, to the WebSocket push.
+                    let traced = |e: &ProgressEvent| {
+                        e.traceparent.as_deref().and_then(|t| t.get(3..35)) == Some(support::UPLOAD_TRACE_ID)
+                    };
+                    let events = ws.events();
+                    if events.is_empty() || !events.iter().all(traced) {
+                        return Err(format!("{name}: pushed events without the request's trace: {events:?}").into());
+                    }
+                }
                 let result = job.status.and_then(|s| s.result).ok_or("no result")?;
                 if env.is_devstack() && result.sha256.as_deref() != Some(sha256(&data).as_str()) {
                     return Err(format!("{name}: result sha256 {:?}", result.sha256).into());
@@ -788,7 +798,7 @@ async fn refusals() -> Res {
                 &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
                 &json!({
                     "sub": "alice", "iat": now, "exp": now + 600,
-                    "iss": streamscan_e2e::devstack::JWT_ISSUER, "aud": streamscan_e2e::devstack::JWT_AUDIENCE,
+                    "iss": streamscan_devstack::JWT_ISSUER, "aud": streamscan_devstack::JWT_AUDIENCE,
                 }),
                 &jsonwebtoken::EncodingKey::from_secret(b"not-the-gateway-secret-of-32-bytes"),
             )?;

@@ -151,7 +151,7 @@ CALLS = {
                  ("streamscan.io", "analysisjobs/status"): {"patch"}},
         "local": {("", "pods"): {"patch"}},
     },
-    # operator/src/gateway: jobs.rs (create; get_opt on a repeated idempotency key and GET; list;
+    # gateway/src: jobs.rs (create; get_opt on a repeated idempotency key and GET; list;
     # patch spec.cancel), upload.rs (await_condition = list+watch), results.rs (patch_status
     # status.download; pods list by the worker selector in --worker-namespace).
     "gateway": {
@@ -292,7 +292,9 @@ def check_rendered(objs: list[dict], values: dict, release_ns: str, fullname: st
     assert args[0] == "controller" and "--leader-election=true" in args
     assert f"--lease-namespace={release_ns}" in args and f"--worker-namespace={release_ns}" in args
     assert f"--namespace={jobs_ns}" in args
-    gw = find(objs, "Deployment", f"{fullname}-gateway")["spec"]["template"]["spec"]["containers"][0]["args"]
+    gw_container = find(objs, "Deployment", f"{fullname}-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert gw_container["command"] == ["/usr/local/bin/streamscan-gateway"], gw_container.get("command")
+    gw = gw_container["args"]
     assert f"--namespace={jobs_ns}" in gw and f"--worker-namespace={release_ns}" in gw
 
     sts = find(objs, "StatefulSet", f"{fullname}-worker")
@@ -653,7 +655,10 @@ def main() -> int:
                 if o["kind"] not in ("Deployment", "StatefulSet"):
                     continue
                 c = o["spec"]["template"]["spec"]["containers"][0]
-                binary = bins["worker" if "/worker" in c["image"] else "operator"]
+                if c.get("command"):
+                    binary = bins[c["command"][0].rsplit("/streamscan-", 1)[-1]]
+                else:
+                    binary = bins["worker" if "/worker" in c["image"] else "operator"]
                 try:
                     r = subprocess.run([str(binary), *c["args"]], capture_output=True, text=True, timeout=5, env=env)
                 except subprocess.TimeoutExpired:

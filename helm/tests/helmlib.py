@@ -1,5 +1,5 @@
 """Helm without the helm binary: helm-sdkpy (Helm's Go library behind a Python API) installing
-into the project's Kubernetes API simulator (e2e/src/bin/kube-sim.rs).
+into the project's Kubernetes API simulator (testing/kube-sim/src/bin/kube-sim.rs).
 
 helm-sdkpy has no `helm template` (no dry-run, no client-only install), so a chart is rendered by
 installing it for real into a fresh simulator, with the release stored in memory
@@ -36,20 +36,21 @@ def kube_sim_binary() -> pathlib.Path:
     if os.environ.get("KUBE_SIM"):
         return pathlib.Path(os.environ["KUBE_SIM"])
     target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", "streamscan-e2e", "--bin", "kube-sim"],
+    subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", "streamscan-kube-sim", "--bin", "kube-sim"],
                    cwd=ROOT, check=True)
     return target / "debug" / "kube-sim"
 
 
 def binaries() -> dict[str, pathlib.Path]:
-    """Debug builds of streamscan-operator and streamscan-worker (STREAMSCAN_BIN_DIR, or built)."""
+    """Debug builds of streamscan-operator, -gateway and -worker (STREAMSCAN_BIN_DIR, or built)."""
     if os.environ.get("STREAMSCAN_BIN_DIR"):
         d = pathlib.Path(os.environ["STREAMSCAN_BIN_DIR"])
     else:
-        subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", "streamscan-operator", "-p", "streamscan-worker",
-                        "--bin", "streamscan-operator", "--bin", "streamscan-worker"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--quiet", "--locked", "-p", "streamscan-operator", "-p", "streamscan-gateway",
+                        "-p", "streamscan-worker", "--bin", "streamscan-operator", "--bin", "streamscan-gateway",
+                        "--bin", "streamscan-worker"], cwd=ROOT, check=True)
         d = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
-    return {"operator": d / "streamscan-operator", "worker": d / "streamscan-worker"}
+    return {name: d / f"streamscan-{name}" for name in ("operator", "gateway", "worker")}
 
 
 class Sim:

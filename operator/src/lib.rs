@@ -1,7 +1,6 @@
-//! Streamscan's control plane: the AnalysisJob controller and the gateway.
+//! Streamscan's control plane: the AnalysisJob controller. The gateway is its own crate
+//! (`streamscan-gateway`); neither imports the other.
 
 pub mod controller;
-pub mod gateway;
-pub mod ops;
 
 pub use streamscan_runtime::{shutdown, telemetry};

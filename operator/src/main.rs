@@ -1,5 +1,5 @@
-//! `streamscan-operator`: one binary, deployed twice (controller and gateway), that also prints
-//! the generated API artefacts.
+//! `streamscan-operator`: the AnalysisJob controller, and the generated API artefacts. The
+//! gateway is its own binary, `streamscan-gateway`.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use streamscan_api::generate;
 use streamscan_operator::controller::{self, ControllerArgs};
-use streamscan_operator::gateway::{self, GatewayArgs};
 use streamscan_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -39,13 +38,6 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
         log_format: LogFormat,
     },
-    /// Serve users: live progress, history, cancel, result download.
-    Gateway {
-        #[command(flatten)]
-        args: Box<GatewayArgs>,
-        #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
-        log_format: LogFormat,
-    },
 }
 
 fn main() -> Result<()> {
@@ -70,11 +62,6 @@ fn main() -> Result<()> {
             telemetry::init(log_format);
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(controller::run(*args))
-        }
-        Command::Gateway { args, log_format } => {
-            telemetry::init(log_format);
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(gateway::run(*args))
         }
     }
 }

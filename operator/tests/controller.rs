@@ -19,8 +19,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use streamscan_api::names::{ANNOTATION_CAPACITY, LABEL_COMPONENT, LABEL_SERVER_ID};
 use streamscan_api::{AnalysisJob, ExecutionState, Phase};
-use streamscan_e2e::devstack::ApiServer;
-use streamscan_e2e::sim::kubelet::{Kubelet, PodHandle, PodTemplate};
+use streamscan_kube_sim::kubelet::{Kubelet, PodHandle, PodTemplate};
+use streamscan_test_servers::ApiServer;
 use tokio::process::{Child, Command};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;

@@ -55,6 +55,28 @@ pub async fn serve(
     Ok((bound, handle))
 }
 
+/// Why the ops endpoints did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("binding the ops endpoints on {addr}: {source}")]
+pub struct OpsError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// Serves /healthz, /readyz and /metrics on `addr` until `shutdown`, not ready yet; logs where.
+pub async fn start(
+    addr: SocketAddr,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(Readiness, tokio::task::JoinHandle<()>), OpsError> {
+    let ready = Readiness::default();
+    let (bound, task) = serve(addr, Arc::new(registry), ready.clone(), shutdown)
+        .await
+        .map_err(|source| OpsError { addr, source })?;
+    tracing::info!(ops_addr = %bound, "serving /healthz, /readyz, /metrics");
+    Ok((ready, task))
+}
+
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     if state.ready.get() {
         (StatusCode::OK, "ready")

@@ -25,6 +25,11 @@ pub fn read(path: &Path) -> Result<String, TokenError> {
     Ok(token.to_owned())
 }
 
+/// The token in `path` when a file is named (a component that calls no worker needs none).
+pub fn read_optional(path: Option<&Path>) -> Result<Option<String>, TokenError> {
+    path.map(read).transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,5 @@
-//! Streamscan's analysis server: the streaming engine, and (later) the runtime that runs
-//! pinned AnalysisJobs in a worker pod.
+//! Streamscan's analysis server: the `serve` runtime that runs pinned AnalysisJobs in a worker
+//! pod, and the local `scan` command, both over the engine (`streamscan-engine`).
 
-pub mod engine;
 pub mod runtime;
 pub mod scan;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use streamscan_worker::engine::report;
+use streamscan_engine::report;
 use streamscan_worker::scan::{self, EXIT_ERROR, ScanArgs};
 
 #[derive(Parser)]

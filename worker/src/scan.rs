@@ -15,11 +15,11 @@ use sha2::{Digest, Sha256};
 use streamscan_api::names::reason;
 use streamscan_api::{AnalyzerName, EVENT_VERSION, EventStatus, ProgressEvent, ResultSummary};
 
-use crate::engine::analyzers::{AnalyzerConfig, build, model::ModelConfig};
-use crate::engine::pipeline::{CancelToken, EngineError, Hooks, Options, Progress, Scan};
-use crate::engine::report::Report;
-use crate::engine::sink::DEFAULT_FINDING_CAP;
-use crate::engine::{Severity, sarif, text};
+use streamscan_engine::analyzers::{AnalyzerConfig, build, model::ModelConfig};
+use streamscan_engine::pipeline::{CancelToken, EngineError, Hooks, Options, Progress, Scan};
+use streamscan_engine::report::Report;
+use streamscan_engine::sink::DEFAULT_FINDING_CAP;
+use streamscan_engine::{Severity, sarif, text};
 
 /// Exit code: no finding at or above `--fail-on`.
 pub const EXIT_CLEAN: u8 = 0;
@@ -169,6 +169,7 @@ impl EventWriter {
             message: None,
             retriable: None,
             result: None,
+            traceparent: None,
         };
         Ok(EventWriter {
             out,
@@ -433,7 +434,7 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
             bytes: i64::try_from(report.bytes).unwrap_or(i64::MAX),
             sha256: report.digests.sha256.clone(),
             findings: report.severity_counts(),
-            report_digest: crate::engine::hex::encode(&Sha256::digest(&rendered)),
+            report_digest: streamscan_engine::hex::encode(&Sha256::digest(&rendered)),
             report_size: i64::try_from(rendered.len()).unwrap_or(i64::MAX),
             server_id: "local".into(),
         };

@@ -3,7 +3,7 @@
 // Tests may panic on setup failures: that is how they fail.
 #![allow(clippy::expect_used, clippy::panic)]
 
-mod common;
+use streamscan_testdata::planted as common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

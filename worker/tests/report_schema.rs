@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use streamscan_worker::engine::report::{REGENERATE_COMMAND, SCHEMA_PATH, schema_json};
+use streamscan_engine::report::{REGENERATE_COMMAND, SCHEMA_PATH, schema_json};
 
 #[test]
 fn committed_report_schema_matches_the_code() -> Result<(), serde_json::Error> {

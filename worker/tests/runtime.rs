@@ -23,11 +23,12 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use streamscan_api::names::LABEL_SERVER_ID;
+use streamscan_api::names::{ANNOTATION_TRACEPARENT, LABEL_SERVER_ID};
+use streamscan_api::trace::TraceParent;
 use streamscan_api::{AnalysisJob, EventStatus, ExecutionState, ProgressEvent};
-use streamscan_e2e::devstack::ApiServer;
-use streamscan_e2e::fence::FencingProxy;
-use streamscan_worker::engine::hex;
+use streamscan_engine::hex;
+use streamscan_kafka_fence::FencingProxy;
+use streamscan_test_servers::ApiServer;
 use tokio::process::{Child, Command};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -39,7 +40,7 @@ const FILE_SIZE: usize = 4 << 20;
 
 /// Deterministic test data with a few things to find.
 fn test_file(seed: u64) -> Vec<u8> {
-    streamscan_e2e::testdata::test_file(seed, FILE_SIZE)
+    streamscan_testdata::test_file(seed, FILE_SIZE)
 }
 
 /// A file server with Range support; `/drop/...` cuts the first full response in the middle.
@@ -171,9 +172,9 @@ impl Files {
 #[derive(Clone, Copy, PartialEq)]
 enum Broker {
     Mock,
-    /// The mock behind Kafka's producer fencing (`streamscan_e2e::fence`).
+    /// The mock behind Kafka's producer fencing (`streamscan_kafka_fence`).
     MockFencing,
-    /// A real Apache Kafka broker (`streamscan_e2e::real::Kafka`).
+    /// A real Apache Kafka broker (`streamscan_test_servers::real::Kafka`).
     Real,
 }
 
@@ -184,7 +185,7 @@ enum Kafka {
         cluster: MockCluster<'static, DefaultProducerContext>,
         _fence: Option<FencingProxy>,
     },
-    Real(streamscan_e2e::real::Kafka),
+    Real(streamscan_test_servers::real::Kafka),
 }
 
 struct Harness {
@@ -205,7 +206,7 @@ impl Harness {
         Self::start_with(Broker::Mock).await
     }
 
-    /// With Kafka's producer fencing in front of the mock cluster (see `streamscan_e2e::fence`).
+    /// With Kafka's producer fencing in front of the mock cluster (see `streamscan_kafka_fence`).
     async fn start_fencing() -> Res<Self> {
         Self::start_with(Broker::MockFencing).await
     }
@@ -221,7 +222,7 @@ impl Harness {
             ApiServer::start(ApiServer::test_backend()?, &dir.path().join("kubeconfig")).await?;
         let (kafka, bootstrap) = match broker {
             Broker::Real => {
-                let real = tokio::task::spawn_blocking(streamscan_e2e::real::Kafka::start).await??;
+                let real = tokio::task::spawn_blocking(streamscan_test_servers::real::Kafka::start).await??;
                 real.create_topic(TOPIC, 1).await?;
                 let bootstrap = real.bootstrap.clone();
                 (Kafka::Real(real), bootstrap)
@@ -263,7 +264,7 @@ impl Harness {
         }
     }
 
-    fn real(&self) -> Option<&streamscan_e2e::real::Kafka> {
+    fn real(&self) -> Option<&streamscan_test_servers::real::Kafka> {
         match &self.kafka {
             Kafka::Real(real) => Some(real),
             Kafka::Mock { .. } => None,
@@ -342,7 +343,11 @@ impl Harness {
     async fn job(&self, name: &str, server: &str, source: serde_json::Value, analyzers: &[&str]) -> Res<AnalysisJob> {
         let job: AnalysisJob = serde_json::from_value(json!({
             "apiVersion": "streamscan.io/v1alpha1", "kind": "AnalysisJob",
-            "metadata": {"name": name, "labels": {LABEL_SERVER_ID: server}},
+            "metadata": {
+                "name": name,
+                "labels": {LABEL_SERVER_ID: server},
+                "annotations": {ANNOTATION_TRACEPARENT: JOB_TRACEPARENT},
+            },
             "spec": {"userId": "alice", "source": source, "analyzers": analyzers},
         }))?;
         self.jobs.create(&PostParams::default(), &job).await?;
@@ -525,12 +530,24 @@ fn check_stream(events: &[(ProgressEvent, BTreeMap<String, String>)], last: Even
             h.get("ce_source"),
             Some(&format!("/streamscan/servers/{}", e.server_id))
         );
-        assert!(
-            h.get("traceparent")
-                .is_some_and(|t| t.starts_with("00-") && t.len() == 55)
+        // The job's trace (its annotation, as the gateway sets it), each event its own span,
+        // the same in the header and in the event.
+        let header = h.get("traceparent").ok_or("no traceparent header");
+        assert_eq!(header.ok(), e.traceparent.as_ref(), "header and event field agree");
+        let trace = header.ok().and_then(|t| TraceParent::parse(t));
+        assert_eq!(
+            trace.map(|t| t.trace_id_hex()).as_deref(),
+            Some(JOB_TRACE_ID),
+            "{header:?}"
         );
     }
+    let spans: std::collections::HashSet<_> = events.iter().map(|(_, h)| h.get("traceparent")).collect();
+    assert_eq!(spans.len(), events.len(), "one span per event");
 }
+
+/// The trace every test job continues (the W3C spec's example).
+const JOB_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const JOB_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_job_succeeds_with_gapless_events_and_a_downloadable_result() -> Res<()> {
@@ -844,6 +861,7 @@ fn attempt_event(analyze_id: &str, event_id: &str, seq: u64) -> ProgressEvent {
         message: None,
         retriable: None,
         result: None,
+        traceparent: None,
     }
 }
 
@@ -915,7 +933,7 @@ fn topic_messages(bootstrap: &str, analyze_id: &str, until: usize) -> Res<Vec<(i
 /// Producer level: once a newer attempt's producer has started, the old one can commit nothing
 /// more and reports itself fenced. librdkafka's mock cluster does not fence (it hands a second
 /// producer with the same transactional id a new producer id instead of bumping the epoch), so
-/// the test puts Kafka's fencing rule in front of it (`streamscan_e2e::fence`); the next test
+/// the test puts Kafka's fencing rule in front of it (`streamscan_kafka_fence`); the next test
 /// runs the same on Apache Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
@@ -939,7 +957,7 @@ async fn a_zombie_producer_of_an_old_attempt_is_fenced() -> Res<()> {
 /// The same on a real Apache Kafka broker, started by the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zombie_producer_of_an_old_attempt_is_fenced_by_a_real_kafka_broker() -> Res<()> {
-    let kafka = tokio::task::spawn_blocking(streamscan_e2e::real::Kafka::start).await??;
+    let kafka = tokio::task::spawn_blocking(streamscan_test_servers::real::Kafka::start).await??;
     kafka.create_topic(TOPIC, 1).await?;
     let bootstrap = kafka.bootstrap.clone();
     let analyze_id = format!("uid-z-{}", uuid::Uuid::new_v4());
@@ -1294,7 +1312,7 @@ async fn sigterm_keeps_the_checkpoint_flushes_and_exits_then_the_job_resumes() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_labels_its_own_pod_with_its_server_id() -> Res<()> {
     use k8s_openapi::api::core::v1::Pod;
-    use streamscan_e2e::sim::kubelet::{Kubelet, PodTemplate};
+    use streamscan_kube_sim::kubelet::{Kubelet, PodTemplate};
     let h = Harness::start().await?;
     let client = Client::try_from(
         kube::Config::from_custom_kubeconfig(

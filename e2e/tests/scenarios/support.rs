@@ -23,7 +23,7 @@ use rdkafka::{ClientConfig, Message as _};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use streamscan_api::{AnalysisJob, EventStatus, Phase, ProgressEvent};
-use streamscan_e2e::devstack::{Devstack, Options, build_binaries, default_bin_dir};
+use streamscan_devstack::{Devstack, Options, build_binaries, default_bin_dir};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -58,7 +58,7 @@ pub fn sha256(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-pub use streamscan_e2e::testdata::test_file;
+pub use streamscan_testdata::test_file;
 
 // ---------------------------------------------------------------------------------------------
 // Backend selection
@@ -67,7 +67,7 @@ pub use streamscan_e2e::testdata::test_file;
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// The devstack, on real servers or on the simulator and the mock cluster.
-    Devstack(streamscan_e2e::devstack::Backend),
+    Devstack(streamscan_devstack::Backend),
     Cluster(Box<ClusterVars>),
 }
 
@@ -87,8 +87,8 @@ pub struct ClusterVars {
 
 pub fn backend() -> Res<Backend> {
     match std::env::var("STREAMSCAN_E2E_BACKEND").ok().as_deref() {
-        None | Some("" | "devstack" | "real") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Real)),
-        Some("sim") => Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Sim)),
+        None | Some("" | "devstack" | "real") => Ok(Backend::Devstack(streamscan_devstack::Backend::Real)),
+        Some("sim") => Ok(Backend::Devstack(streamscan_devstack::Backend::Sim)),
         Some(_) => {
             let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
             let key = var("STREAMSCAN_E2E_JWT_KEY")?;
@@ -236,8 +236,8 @@ impl Env {
                     log,
                     signer: Signer {
                         key: Key::Hs256(secret),
-                        issuer: streamscan_e2e::devstack::JWT_ISSUER.into(),
-                        audience: streamscan_e2e::devstack::JWT_AUDIENCE.into(),
+                        issuer: streamscan_devstack::JWT_ISSUER.into(),
+                        audience: streamscan_devstack::JWT_AUDIENCE.into(),
                     },
                     dir,
                 })
@@ -354,7 +354,8 @@ impl Env {
         Ok(self.jobs.create(&PostParams::default(), &job).await?)
     }
 
-    /// Creates an upload job through the gateway, the body being the file.
+    /// Creates an upload job through the gateway, the body being the file, in the trace
+    /// [`UPLOAD_TRACEPARENT`].
     pub async fn upload(&self, name: &str, user: &str, data: Vec<u8>) -> Res<(StatusCode, Value)> {
         let sha = sha256(&data);
         let url = format!(
@@ -366,6 +367,7 @@ impl Env {
             .post(url)
             .bearer_auth(self.token(user)?)
             .header(header::CONTENT_LENGTH, data.len())
+            .header("traceparent", UPLOAD_TRACEPARENT)
             .body(data)
             .send()
             .await?;
@@ -958,7 +960,7 @@ async fn ws_open(url: &str, token: &str, after: Option<&str>) -> Res<Ws> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Redis history (operator/src/gateway/history.rs)
+// Redis history (gateway/src/history.rs)
 
 /// Per attempt held in Redis: the stored seqs.
 pub async fn redis_history(url: &str, analyze_id: &str) -> Res<BTreeMap<String, Vec<u64>>> {
@@ -1094,10 +1096,10 @@ impl Tally {
 /// Which servers the suite ran against, for the closing table.
 fn backend_label() -> String {
     match backend() {
-        Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Real)) => {
+        Ok(Backend::Devstack(streamscan_devstack::Backend::Real)) => {
             "backend: real (devstack on kube-apiserver + etcd + kube-controller-manager, Apache Kafka, Redis)".into()
         }
-        Ok(Backend::Devstack(streamscan_e2e::devstack::Backend::Sim)) => {
+        Ok(Backend::Devstack(streamscan_devstack::Backend::Sim)) => {
             "backend: sim (devstack on the API simulator, librdkafka's mock cluster behind the fencing proxy, Redis)"
                 .into()
         }
@@ -1311,3 +1313,7 @@ pub fn server_of(job: &AnalysisJob) -> Res<usize> {
         .ok_or("not pinned")?;
     Ok(id.parse()?)
 }
+
+/// The W3C trace an upload request continues: the events its job's clients receive carry it.
+pub const UPLOAD_TRACEPARENT: &str = "00-5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e-00f067aa0ba902b7-01";
+pub const UPLOAD_TRACE_ID: &str = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";

@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;
-pub mod servers;
+/// Which pods are servers: shared with the gateway, so it lives in the API crate.
+pub use streamscan_api::servers;
 
 pub use run::{ControllerArgs, run};

@@ -27,8 +27,8 @@ use super::ledger::Ledger;
 use super::metrics::{Metrics, PhaseLabels, ServerLabels};
 use super::reconcile::{CleanupSettings, Context, error_policy, forget_vanished, publish, reconcile};
 use super::servers::{PodRule, ServerSet};
-use crate::ops;
 use crate::shutdown;
+use streamscan_runtime::ops;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
@@ -113,8 +113,8 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     let metrics = Metrics::register(&mut registry);
     let (ready, ops_task) = ops::start(args.ops_addr, registry, shutdown.clone()).await?;
 
-    let client = ops::kube_client().await?;
-    let worker_token = ops::read_token_file(args.worker_token_file.as_deref())?;
+    let client = streamscan_runtime::kube::client().await?;
+    let worker_token = streamscan_runtime::token::read_optional(args.worker_token_file.as_deref())?;
     let identity = args
         .identity
         .clone()

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use streamscan_api::AnalyzerName;
-use streamscan_worker::engine::analyzers::{AnalyzerConfig, build};
-use streamscan_worker::engine::pipeline::{Hooks, Options, Scan};
+use streamscan_engine::analyzers::{AnalyzerConfig, build};
+use streamscan_engine::pipeline::{Hooks, Options, Scan};
 
 const GIB: u64 = 1 << 30;
 

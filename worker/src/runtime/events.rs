@@ -28,8 +28,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use sha2::{Digest, Sha256};
 use streamscan_api::ProgressEvent;
 use streamscan_api::event::{CLOUDEVENTS_TYPE, headers};
-
-use crate::engine::hex;
+use streamscan_api::trace::{self, TraceParent};
 
 /// Events per transaction at most.
 const BATCH: usize = 256;
@@ -186,11 +185,36 @@ impl Drop for Publisher {
     }
 }
 
+/// The trace an attempt's events continue: the job's (its `traceparent` annotation, from the
+/// request that created it), else one derived from the eventId, so a restarted worker agrees.
+pub fn attempt_trace(job_trace: Option<TraceParent>, event_id: &str) -> TraceParent {
+    job_trace.unwrap_or_else(|| {
+        let digest = Sha256::digest(event_id.as_bytes());
+        let mut trace_id = [0; 16];
+        trace_id.copy_from_slice(&digest[..16]);
+        TraceParent {
+            trace_id,
+            parent_id: [0; 8],
+            flags: trace::SAMPLED,
+        }
+    })
+}
+
+/// One event's `traceparent`: the attempt's trace with the event as the span (derived from its
+/// CloudEvents id, so a re-sent event keeps its span).
+pub fn event_traceparent(trace: &TraceParent, event: &ProgressEvent) -> String {
+    let digest = Sha256::digest(event.cloudevent_id().as_bytes());
+    let mut span = [0; 8];
+    span.copy_from_slice(&digest[..8]);
+    trace.with_parent(span).to_string()
+}
+
 /// The CloudEvents and trace headers of one event.
 pub fn event_headers(info: &StreamInfo, event: &ProgressEvent) -> Vec<(&'static str, String)> {
-    // One trace per attempt, one span per event: derived, so a restarted worker agrees.
-    let trace = Sha256::digest(event.event_id.as_bytes());
-    let span = Sha256::digest(event.cloudevent_id().as_bytes());
+    let traceparent = event
+        .traceparent
+        .clone()
+        .unwrap_or_else(|| event_traceparent(&attempt_trace(None, &event.event_id), event));
     vec![
         (headers::SPEC_VERSION, "1.0".into()),
         (headers::ID, event.cloudevent_id()),
@@ -199,10 +223,7 @@ pub fn event_headers(info: &StreamInfo, event: &ProgressEvent) -> Vec<(&'static 
         (headers::TIME, event.timestamp.to_string()),
         (headers::SUBJECT, format!("{}/{}", info.namespace, info.name)),
         (headers::CONTENT_TYPE, "application/json".into()),
-        (
-            headers::TRACEPARENT,
-            format!("00-{}-{}-01", hex::encode(&trace[..16]), hex::encode(&span[..8])),
-        ),
+        (headers::TRACEPARENT, traceparent),
     ]
 }
 

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use kube::Api;
+use kube::{Api, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::ClientConfig;
-use streamscan_api::names::reason;
+use streamscan_api::names::{ANNOTATION_TRACEPARENT, reason};
+use streamscan_api::trace::TraceParent;
 use streamscan_api::{
     AnalysisJob, AnalyzerName, EVENT_VERSION, EventStatus, ExecutionState, ProgressEvent, ResultSummary, Source,
 };
@@ -19,15 +20,17 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::decide::AttemptId;
-use super::events::{EventQueue, EventsError, OnCommit, Publisher, StillCurrent, StreamInfo};
+use super::events::{
+    EventQueue, EventsError, OnCommit, Publisher, StillCurrent, StreamInfo, attempt_trace, event_traceparent,
+};
 use super::lifecycle::{self, ScanEnd};
 use super::sources::{self, Opened, SourceError, Throttled, UploadNotify, UrlOptions};
 use super::status::{Failure, Snapshot, StatusError, StatusWriter, names_attempt, progress_due};
 use super::store::{SavedCheckpoint, Store, StreamState};
-use crate::engine::analyzers::{AnalyzerConfig, build};
-use crate::engine::pipeline::{CancelToken, Checkpoint, EngineError, Hooks, Options, Progress, Scan, ScanResult};
-use crate::engine::report::Report;
-use crate::engine::sink::DEFAULT_FINDING_CAP;
+use streamscan_engine::analyzers::{AnalyzerConfig, build};
+use streamscan_engine::pipeline::{CancelToken, Checkpoint, EngineError, Hooks, Options, Progress, Scan, ScanResult};
+use streamscan_engine::report::Report;
+use streamscan_engine::sink::DEFAULT_FINDING_CAP;
 
 pub use super::lifecycle::StopReason;
 
@@ -136,6 +139,8 @@ pub struct JobInfo {
     pub source: Source,
     pub analyzers: Option<Vec<AnalyzerName>>,
     pub attempt: AttemptId,
+    /// The trace of the request that created the job (its `traceparent` annotation), if valid.
+    pub trace: Option<TraceParent>,
 }
 
 impl JobInfo {
@@ -148,6 +153,10 @@ impl JobInfo {
             source: job.spec.source.clone(),
             analyzers: job.spec.analyzers.clone(),
             attempt,
+            trace: job
+                .annotations()
+                .get(ANNOTATION_TRACEPARENT)
+                .and_then(|v| TraceParent::parse(v)),
         })
     }
 }
@@ -156,6 +165,7 @@ impl JobInfo {
 struct Emitter {
     queue: EventQueue,
     template: ProgressEvent,
+    trace: TraceParent,
     seq: u64,
     /// Bytes of the last event sent (committed before a restart, or sent since).
     last_bytes: u64,
@@ -176,6 +186,7 @@ impl Emitter {
         event.bytes_processed = processed;
         event.timestamp = jiff::Timestamp::now();
         edit(&mut event);
+        event.traceparent = Some(event_traceparent(&self.trace, &event));
         if let Some(total) = event.total_bytes
             && event.bytes_processed > total
         {
@@ -291,6 +302,7 @@ fn template(shared: &Shared, job: &JobInfo) -> ProgressEvent {
         message: None,
         retriable: None,
         result: None,
+        traceparent: None,
     }
 }
 
@@ -353,6 +365,7 @@ fn publisher(shared: &Shared, job: &JobInfo) -> Result<(Publisher, Emitter), Eve
     let emitter = Emitter {
         queue,
         template: template(shared, job),
+        trace: attempt_trace(job.trace, &job.attempt.event_id),
         seq: stream.next_seq,
         last_bytes: stream.last_bytes,
         last_progress: None,

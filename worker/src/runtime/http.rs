@@ -19,8 +19,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::sources::UploadNotify;
 use super::store::{Store, check_id};
-use crate::engine::hex;
 use streamscan_api::names::{HEADER_REPORT_SHA256, HEADER_UPLOAD_SHA256};
+use streamscan_engine::hex;
 
 #[derive(Clone)]
 pub struct HttpState {

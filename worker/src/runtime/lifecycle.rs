@@ -6,8 +6,8 @@ use streamscan_api::names::reason;
 
 use super::sources::SourceError;
 use super::status::Failure;
-use crate::engine::AnalyzerError;
-use crate::engine::pipeline::EngineError;
+use streamscan_engine::AnalyzerError;
+use streamscan_engine::pipeline::EngineError;
 
 /// Why a running attempt is asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use super::sources;
 use super::store::Store;
 use super::watch::Runner;
 use super::{shutdown, telemetry};
-use crate::engine::analyzers::{AnalyzerConfig, model::ModelConfig};
+use streamscan_engine::analyzers::{AnalyzerConfig, model::ModelConfig};
 use streamscan_runtime::ops::Readiness;
 
 /// Puts `streamscan.io/server-id=<server id>` on this worker's own pod.

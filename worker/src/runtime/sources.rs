@@ -29,7 +29,7 @@ use streamscan_api::redact;
 use tokio::sync::mpsc;
 
 use super::egress::{Denied, Egress, Resolver};
-use crate::engine::pipeline::CancelToken;
+use streamscan_engine::pipeline::CancelToken;
 
 /// Why a source cannot be read; `retriable` says whether trying again later may work.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::decide::AttemptId;
-use crate::engine::hex;
-use crate::engine::pipeline::Checkpoint;
+use streamscan_engine::hex;
+use streamscan_engine::pipeline::Checkpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
