@@ -115,6 +115,33 @@ pub struct ProgressEvent {
     pub traceparent: Option<String>,
 }
 
+/// A STARTED event of attempt 1 with empty identity: the base that writers fill in with
+/// struct-update syntax, so a new optional field needs no edit at every writer.
+impl Default for ProgressEvent {
+    fn default() -> Self {
+        ProgressEvent {
+            version: EVENT_VERSION,
+            user_id: String::new(),
+            event_id: String::new(),
+            server_id: String::new(),
+            analyze_id: String::new(),
+            namespace: String::new(),
+            name: String::new(),
+            attempt: 1,
+            status: EventStatus::Started,
+            seq: 0,
+            bytes_processed: 0,
+            total_bytes: None,
+            timestamp: Timestamp::UNIX_EPOCH,
+            reason: None,
+            message: None,
+            retriable: None,
+            result: None,
+            traceparent: None,
+        }
+    }
+}
+
 /// Why a payload is not a valid progress event.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -224,24 +251,17 @@ mod tests {
 
     fn sample() -> ProgressEvent {
         ProgressEvent {
-            version: EVENT_VERSION,
             user_id: "alice".into(),
             event_id: "e-1".into(),
             server_id: "0".into(),
             analyze_id: "uid-1".into(),
             namespace: "default".into(),
             name: "fw".into(),
-            attempt: 1,
             status: EventStatus::Progress,
             seq: 3,
             bytes_processed: 10,
             total_bytes: Some(100),
-            timestamp: Timestamp::UNIX_EPOCH,
-            reason: None,
-            message: None,
-            retriable: None,
-            result: None,
-            traceparent: None,
+            ..ProgressEvent::default()
         }
     }
 

@@ -86,6 +86,14 @@ async fn request_span(request: Request, next: Next) -> Response {
         .map_or("(unmatched)", axum::extract::MatchedPath::as_str)
         .to_owned();
     let span = tracing::info_span!("request", method = %request.method(), route = %route);
+    // An exported request span joins the caller's trace.
+    if let Some(parent) = request
+        .headers()
+        .get(streamscan_api::event::headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        streamscan_runtime::telemetry::continue_trace(&span, parent);
+    }
     let started = std::time::Instant::now();
     async move {
         let response = next.run(request).await;

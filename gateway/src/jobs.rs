@@ -204,6 +204,14 @@ pub struct RequestOrigin {
 
 impl RequestOrigin {
     pub fn of(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let key = idempotency_key(headers)?;
+        // With trace export on, the request's exported span (which already continues the
+        // caller's trace) is the job's parent span.
+        let exported = streamscan_runtime::telemetry::traceparent_of(&tracing::Span::current())
+            .and_then(|t| TraceParent::parse(&t));
+        if let Some(trace) = exported {
+            return Ok(RequestOrigin { key, trace });
+        }
         let random = uuid::Uuid::new_v4().into_bytes();
         let mut span = [0; 8];
         span.copy_from_slice(&random[..8]);
@@ -219,10 +227,7 @@ impl RequestOrigin {
                 flags: trace::SAMPLED,
             },
         };
-        Ok(RequestOrigin {
-            key: idempotency_key(headers)?,
-            trace,
-        })
+        Ok(RequestOrigin { key, trace })
     }
 }
 

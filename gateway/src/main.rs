@@ -21,7 +21,8 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // Dropped after the runtime: it flushes the trace export.
+    let _telemetry = telemetry::init(cli.log_format, "streamscan-gateway");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(streamscan_gateway::run(*cli.args))
 }

@@ -2,6 +2,7 @@
 //! after the caller proves it verified the digest.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -134,6 +135,23 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let job = owned_job(&state, &caller, &namespace, &name).await?;
     let result = stored_result(&job)?;
+    refuse_if_deleted(&job)?;
+    let uid = job.uid().unwrap_or_default();
+    let base = worker_base(&state, &result_server(&job, result)).await?;
+    let response = fetch_result(&state, &base, &uid).await?;
+    let report = Report::of(&response, &result.report_digest);
+    let recorder = FetchRecorder {
+        fired: Arc::new(AtomicBool::new(false)),
+        state: state.clone(),
+        namespace,
+        name: name.clone(),
+    };
+    let body = recording_body(response, report.length, recorder);
+    Ok(attachment(body, &report, &name))
+}
+
+/// A result deleted after a verified download is gone for good.
+fn refuse_if_deleted(job: &AnalysisJob) -> Result<(), ApiError> {
     if job
         .status
         .as_ref()
@@ -145,57 +163,86 @@ pub async fn download(
             "the result was deleted after a verified download",
         ));
     }
-    let uid = job.uid().unwrap_or_default();
-    let base = worker_base(&state, &result_server(&job, result)).await?;
-    let response = authorized(&state, state.http.get(format!("{base}/results/{uid}")))
+    Ok(())
+}
+
+/// The worker's successful answer to `GET /results/{uid}`.
+async fn fetch_result(state: &AppState, base: &str, uid: &str) -> Result<reqwest::Response, ApiError> {
+    let response = authorized(state, state.http.get(format!("{base}/results/{uid}")))
         .send()
         .await
         .map_err(|e| ApiError::bad_gateway(format!("the worker holding the result did not answer: {e}")))?;
     match response.status() {
-        s if s.is_success() => {}
-        reqwest::StatusCode::NOT_FOUND => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "the worker no longer holds this result",
-            ));
-        }
-        s => return Err(ApiError::bad_gateway(format!("the worker answered {s} for the result"))),
+        s if s.is_success() => Ok(response),
+        reqwest::StatusCode::NOT_FOUND => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the worker no longer holds this result",
+        )),
+        s => Err(ApiError::bad_gateway(format!("the worker answered {s} for the result"))),
     }
-    let digest = response
-        .headers()
-        .get(HEADER_REPORT_SHA256)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| result.report_digest.clone());
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/zstd")
-        .to_owned();
-    let length = response.content_length();
-    // fetchedAt is recorded once the last byte has been handed on, not when the worker answers.
-    // With a Content-Length, hyper stops polling after the last byte, so count bytes as well as
-    // watching for the end of the stream.
-    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let record = {
-        let (fired, state, namespace, name) = (fired.clone(), state.clone(), namespace.clone(), name.clone());
-        move || {
-            if fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return;
-            }
-            let (state, namespace, name) = (state.clone(), namespace.clone(), name.clone());
-            tokio::spawn(async move {
-                match patch_download(&state, &namespace, &name, json!({"fetchedAt": now()})).await {
-                    Ok(()) => tracing::info!(%namespace, %name, "result downloaded"),
-                    Err(err) => tracing::warn!(%err, %namespace, %name, "cannot record the download"),
-                }
-            });
+}
+
+/// What the download's headers say about the report, as the worker describes it.
+struct Report {
+    /// The worker's digest header, else the digest stored in the job's status.
+    digest: String,
+    content_type: String,
+    length: Option<u64>,
+}
+
+impl Report {
+    fn of(response: &reqwest::Response, stored_digest: &str) -> Self {
+        let digest = response
+            .headers()
+            .get(HEADER_REPORT_SHA256)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| stored_digest.to_owned());
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/zstd")
+            .to_owned();
+        Self {
+            digest,
+            content_type,
+            length: response.content_length(),
         }
-    };
-    let at_end = record.clone();
+    }
+}
+
+/// Records the job's `download.fetchedAt`, once however often it is fired.
+#[derive(Clone)]
+struct FetchRecorder {
+    fired: Arc<AtomicBool>,
+    state: Arc<AppState>,
+    namespace: String,
+    name: String,
+}
+
+impl FetchRecorder {
+    fn fire(&self) {
+        if self.fired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (state, namespace, name) = (self.state.clone(), self.namespace.clone(), self.name.clone());
+        tokio::spawn(async move {
+            match patch_download(&state, &namespace, &name, json!({"fetchedAt": now()})).await {
+                Ok(()) => tracing::info!(%namespace, %name, "result downloaded"),
+                Err(err) => tracing::warn!(%err, %namespace, %name, "cannot record the download"),
+            }
+        });
+    }
+}
+
+/// The worker's body, passed on as it arrives, firing `recorder` once the last byte has been
+/// handed on rather than when the worker answers. With a Content-Length, hyper stops polling
+/// after the last byte, so count bytes as well as watching for the end of the stream.
+fn recording_body(response: reqwest::Response, length: Option<u64>, recorder: FetchRecorder) -> Body {
+    let at_end = recorder.clone();
     let tail = futures::stream::once(async move {
-        at_end();
+        at_end.fire();
         None
     })
     .filter_map(|x: Option<Result<bytes::Bytes, std::io::Error>>| async move { x });
@@ -206,26 +253,31 @@ pub async fn download(
         .inspect_ok(move |chunk| {
             sent += chunk.len() as u64;
             if length.is_some_and(|l| sent >= l) {
-                record();
+                recorder.fire();
             }
         })
         .chain(tail);
-    let mut out = Response::new(Body::from_stream(body));
+    Body::from_stream(body)
+}
+
+/// The download answer: the report as an attachment named after the job.
+fn attachment(body: Body, report: &Report, name: &str) -> Response {
+    let mut out = Response::new(body);
     let headers = out.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/zstd")),
+        HeaderValue::from_str(&report.content_type).unwrap_or(HeaderValue::from_static("application/zstd")),
     );
-    if let Ok(v) = HeaderValue::from_str(&digest) {
+    if let Ok(v) = HeaderValue::from_str(&report.digest) {
         headers.insert(HEADER_REPORT_SHA256, v);
     }
-    if let Some(len) = length {
+    if let Some(len) = report.length {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.json.zst\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    Ok(out)
+    out
 }
 
 pub async fn delete(

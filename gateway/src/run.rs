@@ -117,26 +117,13 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
     let auth = Auth::from_args(&args.auth).context("configuring JWT authentication")?;
     let client = streamscan_runtime::kube::client().await?;
     let worker_token = streamscan_runtime::token::read_optional(args.worker_token_file.as_deref())?;
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let ttl = Duration::from_secs(args.history_ttl_seconds.max(1));
-    let history = History::new(
-        &args.redis_url,
-        ttl,
-        Duration::from_secs(args.verdict_ttl_seconds.max(1)),
-        Duration::from_millis(args.redis_timeout_ms.max(1)),
-    )
-    .context("configuring Redis")?;
-    let consumer = Arc::new(
-        args.kafka
-            .consumer(&identity, metrics.kafka_partitions_assigned.clone())
-            .context("configuring Kafka")?,
-    );
+    let identity = replica_identity(&args);
+    let history = open_history(&args)?;
+    let consumer = kafka_consumer(&args, &identity, &metrics)?;
     let hub = Hub::new(usize::try_from(args.client_queue).unwrap_or(usize::MAX));
     let history_ok = Arc::new(AtomicBool::new(true));
 
+    // Kafka events → Redis history and the live hub; the probe keeps /readyz and the lag current.
     let jobs = JobCache::start(client.clone(), args.namespace.clone(), shutdown.clone());
     let ingest = Ingest::new(
         consumer.clone(),
@@ -164,40 +151,87 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
         history_ok,
         auth,
         metrics,
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?,
+        http: worker_http_client()?,
         worker_token,
-        settings: Settings {
-            namespace: args.namespace.clone(),
-            default_namespace: args.default_namespace.clone(),
-            worker_selector: args.worker_selector.clone(),
-            worker_namespace: args.worker_namespace.clone(),
-            worker_statefulset: args.worker_statefulset.clone(),
-            heartbeat: Duration::from_secs(args.heartbeat_seconds),
-            max_body_bytes: args.max_body_bytes,
-            max_header_bytes: args.max_header_bytes,
-            max_ws_message_bytes: args.max_ws_message_bytes,
-            max_upload_bytes: args.max_upload_bytes,
-            placement_timeout: Duration::from_secs(args.placement_timeout_seconds),
-            allow_url_headers_secrets: args.allow_url_headers_secrets,
-            max_active_jobs_per_user: args.max_active_jobs_per_user,
-        },
+        settings: settings(&args),
         shutdown: shutdown.clone(),
         streams: crate::limits::StreamSlots::new(args.max_streams_per_user),
     });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding the API on {}", args.listen))?;
-    let api_addr = listener.local_addr().context("reading the API address")?;
-    tracing::info!(%api_addr, %identity, "gateway API listening");
-    streamscan_runtime::serve::serve(listener, http::router(state), shutdown.clone()).await;
+    serve_api(args.listen, state, &identity, shutdown.clone()).await?;
+    // The API has stopped: stop the background tasks too and wait for them.
     shutdown.cancel();
     let _ = ingest_task.await;
     let _ = probe_task.await;
     let _ = ops_task.await;
+    Ok(())
+}
+
+/// This replica's identity (it names the Kafka consumer group): `--identity`, else a random id.
+fn replica_identity(args: &GatewayArgs) -> String {
+    args.identity
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+fn open_history(args: &GatewayArgs) -> Result<History> {
+    History::new(
+        &args.redis_url,
+        Duration::from_secs(args.history_ttl_seconds.max(1)),
+        Duration::from_secs(args.verdict_ttl_seconds.max(1)),
+        Duration::from_millis(args.redis_timeout_ms.max(1)),
+    )
+    .context("configuring Redis")
+}
+
+/// The consumer of the progress events, in this replica's consumer group unless one is configured.
+fn kafka_consumer(args: &GatewayArgs, identity: &str, metrics: &Metrics) -> Result<Arc<kafka::GatewayConsumer>> {
+    let consumer = args
+        .kafka
+        .consumer(identity, metrics.kafka_partitions_assigned.clone())
+        .context("configuring Kafka")?;
+    Ok(Arc::new(consumer))
+}
+
+/// The client of the workers' internal API.
+fn worker_http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")
+}
+
+fn settings(args: &GatewayArgs) -> Settings {
+    Settings {
+        namespace: args.namespace.clone(),
+        default_namespace: args.default_namespace.clone(),
+        worker_selector: args.worker_selector.clone(),
+        worker_namespace: args.worker_namespace.clone(),
+        worker_statefulset: args.worker_statefulset.clone(),
+        heartbeat: Duration::from_secs(args.heartbeat_seconds),
+        max_body_bytes: args.max_body_bytes,
+        max_header_bytes: args.max_header_bytes,
+        max_ws_message_bytes: args.max_ws_message_bytes,
+        max_upload_bytes: args.max_upload_bytes,
+        placement_timeout: Duration::from_secs(args.placement_timeout_seconds),
+        allow_url_headers_secrets: args.allow_url_headers_secrets,
+        max_active_jobs_per_user: args.max_active_jobs_per_user,
+    }
+}
+
+/// Serves the user-facing API on `listen` until `shutdown` is cancelled.
+async fn serve_api(
+    listen: SocketAddr,
+    state: Arc<AppState>,
+    identity: &str,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the API on {listen}"))?;
+    let api_addr = listener.local_addr().context("reading the API address")?;
+    tracing::info!(%api_addr, %identity, "gateway API listening");
+    streamscan_runtime::serve::serve(listener, http::router(state), shutdown).await;
     Ok(())
 }
 

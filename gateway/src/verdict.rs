@@ -25,75 +25,23 @@ pub struct Verdict {
 
 /// Checks the events of one attempt, sorted by seq (as Redis returns them).
 pub fn check(events: &[ProgressEvent]) -> Verdict {
-    let mut problems = Vec::new();
     let first = events.first();
-    let mut expected_seq = 0u64;
-    let mut last_bytes = 0u64;
-    let mut total: Option<u64> = None;
-    let mut finals = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        if e.seq != expected_seq {
-            if e.seq > expected_seq {
-                problems.push(format!(
-                    "seq gap: expected {expected_seq}, found {} (missing {})",
-                    e.seq,
-                    e.seq - expected_seq
-                ));
-            } else {
-                problems.push(format!("seq {} appears more than once", e.seq));
-            }
-        }
-        expected_seq = e.seq + 1;
-        if e.bytes_processed < last_bytes {
-            problems.push(format!(
-                "bytesProcessed went backwards at seq {}: {} after {}",
-                e.seq, e.bytes_processed, last_bytes
-            ));
-        }
-        last_bytes = last_bytes.max(e.bytes_processed);
-        if let Some(t) = e.total_bytes {
-            match total {
-                Some(prev) if prev != t => {
-                    problems.push(format!("totalBytes changed at seq {}: {t} after {prev}", e.seq))
-                }
-                _ => total = Some(t),
-            }
-        }
-        if e.status.is_final() {
-            finals.push(i);
-        }
-        if let Some(f) = first
-            && (e.attempt != f.attempt || e.analyze_id != f.analyze_id)
-        {
-            problems.push(format!("seq {} belongs to another attempt or analysis", e.seq));
-        }
-    }
     let last = events.last();
-    match finals.as_slice() {
-        [] => problems.push("no final event (COMPLETED, FAILED or CANCELLED)".into()),
-        [i] if *i + 1 == events.len() => {}
-        [_] => problems.push("the final event is not the last one".into()),
-        many => problems.push(format!("{} final events, expected exactly one", many.len())),
+    let mut walk = Walk::new(first);
+    for (i, e) in events.iter().enumerate() {
+        walk.step(i, e);
     }
+    let Walk {
+        total,
+        finals,
+        mut problems,
+        ..
+    } = walk;
+    problems.extend(final_event_problem(&finals, events.len()));
     if let Some(e) = last
         && e.status == EventStatus::Completed
     {
-        if let Some(t) = total
-            && e.bytes_processed != t
-        {
-            problems.push(format!(
-                "COMPLETED with bytesProcessed {} but totalBytes {t}",
-                e.bytes_processed
-            ));
-        }
-        if let Some(r) = &e.result
-            && u64::try_from(r.bytes).ok() != Some(e.bytes_processed)
-        {
-            problems.push(format!(
-                "result.bytes {} disagrees with bytesProcessed {}",
-                r.bytes, e.bytes_processed
-            ));
-        }
+        problems.extend(completed_problems(e, total));
     }
     Verdict {
         analyze_id: first.map(|e| e.analyze_id.clone()).unwrap_or_default(),
@@ -105,6 +53,122 @@ pub fn check(events: &[ProgressEvent]) -> Verdict {
         final_status: last.filter(|e| e.status.is_final()).map(|e| e.status),
         checked_at: jiff::Timestamp::now().to_string(),
     }
+}
+
+/// What one pass over the events has seen so far, and the problems it found.
+struct Walk<'a> {
+    /// The attempt every event must belong to.
+    first: Option<&'a ProgressEvent>,
+    expected_seq: u64,
+    /// The highest bytesProcessed so far.
+    last_bytes: u64,
+    /// The first totalBytes announced.
+    total: Option<u64>,
+    /// Indices of the final events.
+    finals: Vec<usize>,
+    problems: Vec<String>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(first: Option<&'a ProgressEvent>) -> Self {
+        Self {
+            first,
+            expected_seq: 0,
+            last_bytes: 0,
+            total: None,
+            finals: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Checks event `i` against the ones before it.
+    fn step(&mut self, i: usize, e: &ProgressEvent) {
+        self.check_seq(e);
+        self.check_bytes(e);
+        self.check_total(e);
+        if e.status.is_final() {
+            self.finals.push(i);
+        }
+        self.check_attempt(e);
+    }
+
+    /// Seqs count up from 0 by one: a jump is a gap, a step back a duplicate.
+    fn check_seq(&mut self, e: &ProgressEvent) {
+        let expected = self.expected_seq;
+        if e.seq > expected {
+            self.problems.push(format!(
+                "seq gap: expected {expected}, found {} (missing {})",
+                e.seq,
+                e.seq - expected
+            ));
+        } else if e.seq < expected {
+            self.problems.push(format!("seq {} appears more than once", e.seq));
+        }
+        self.expected_seq = e.seq + 1;
+    }
+
+    fn check_bytes(&mut self, e: &ProgressEvent) {
+        if e.bytes_processed < self.last_bytes {
+            self.problems.push(format!(
+                "bytesProcessed went backwards at seq {}: {} after {}",
+                e.seq, e.bytes_processed, self.last_bytes
+            ));
+        }
+        self.last_bytes = self.last_bytes.max(e.bytes_processed);
+    }
+
+    /// Every event that announces totalBytes must announce the same one.
+    fn check_total(&mut self, e: &ProgressEvent) {
+        if let Some(t) = e.total_bytes {
+            match self.total {
+                Some(prev) if prev != t => self
+                    .problems
+                    .push(format!("totalBytes changed at seq {}: {t} after {prev}", e.seq)),
+                _ => self.total = Some(t),
+            }
+        }
+    }
+
+    fn check_attempt(&mut self, e: &ProgressEvent) {
+        if let Some(f) = self.first
+            && (e.attempt != f.attempt || e.analyze_id != f.analyze_id)
+        {
+            self.problems
+                .push(format!("seq {} belongs to another attempt or analysis", e.seq));
+        }
+    }
+}
+
+/// Exactly one final event, and it comes last. `finals` are the final events' indices.
+fn final_event_problem(finals: &[usize], events: usize) -> Option<String> {
+    match finals {
+        [] => Some("no final event (COMPLETED, FAILED or CANCELLED)".into()),
+        [i] if *i + 1 == events => None,
+        [_] => Some("the final event is not the last one".into()),
+        many => Some(format!("{} final events, expected exactly one", many.len())),
+    }
+}
+
+/// A COMPLETED event must have processed every announced byte, and its result must agree.
+fn completed_problems(e: &ProgressEvent, total: Option<u64>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(t) = total
+        && e.bytes_processed != t
+    {
+        problems.push(format!(
+            "COMPLETED with bytesProcessed {} but totalBytes {t}",
+            e.bytes_processed
+        ));
+    }
+    if let Some(r) = &e.result
+        && u64::try_from(r.bytes).ok() != Some(e.bytes_processed)
+    {
+        problems.push(format!(
+            "result.bytes {} disagrees with bytesProcessed {}",
+            r.bytes, e.bytes_processed
+        ));
+    }
+    problems
 }
 
 #[cfg(test)]

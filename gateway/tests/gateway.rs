@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use streamscan_api::names::{LABEL_COMPONENT, LABEL_SERVER_ID};
-use streamscan_api::{AnalysisJob, EVENT_VERSION, EventStatus, ProgressEvent};
+use streamscan_api::{AnalysisJob, EventStatus, ProgressEvent};
 use streamscan_kube_sim::Simulator;
 use streamscan_kube_sim::kubelet::{Kubelet, PodTemplate};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -411,7 +411,6 @@ impl Stream {
             EventStatus::Progress
         };
         ProgressEvent {
-            version: EVENT_VERSION,
             user_id: self.job.spec.user_id.clone(),
             event_id: self.event_id.clone(),
             server_id: "0".into(),
@@ -424,11 +423,7 @@ impl Stream {
             bytes_processed: if seq == last { self.total } else { seq * 10 },
             total_bytes: Some(self.total),
             timestamp: jiff::Timestamp::now(),
-            reason: None,
-            message: None,
-            retriable: None,
-            result: None,
-            traceparent: None,
+            ..ProgressEvent::default()
         }
     }
 }

@@ -94,10 +94,12 @@ NON_DEFAULT = {
                       "gatewayIngressFrom": [{"namespaceSelector": {"matchLabels": {"ingress": "true"}}}],
                       "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "tracing": {"otlpEndpoint": "http://otel-collector.observability:4318"},
 }
 
 # Values values.schema.json must refuse, and a fragment Helm's message must contain.
 BAD_VALUES = [
+    ({"tracing": {"otlpEndpoint": "otel-collector:4318"}}, "tracing/otlpEndpoint"),
     ({"worker": {"replicas": 0}}, "worker/replicas"),
     ({"worker": {"capacity": 0}}, "worker/capacity"),
     ({"controller": {"replicas": 0}}, "controller/replicas"),
@@ -566,6 +568,14 @@ def main() -> int:
         def _():
             check_rendered(rendered["non-default"], NON_DEFAULT, "scans", "scan")
             objs = rendered["non-default"]
+            for o in objs:
+                if o["kind"] in ("Deployment", "StatefulSet"):
+                    env = {e["name"]: e.get("value") for e in o["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+                    assert env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector.observability:4318", o["metadata"]["name"]
+            for o in rendered["default"]:
+                if o["kind"] in ("Deployment", "StatefulSet"):
+                    names = [e["name"] for e in o["spec"]["template"]["spec"]["containers"][0].get("env", [])]
+                    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in names, o["metadata"]["name"]
             gw = find(objs, "Deployment", "scan-gateway")["spec"]["template"]["spec"]
             args = gw["containers"][0]["args"]
             assert "--kafka-security-protocol=sasl_ssl" in args

@@ -59,6 +59,7 @@ schema = obj({
     "imagePullSecrets": ARR,
     "commonLabels": {"type": "object", "additionalProperties": S()},
     "logFormat": S(enum=["auto", "json", "text"]),
+    "tracing": obj({"otlpEndpoint": S(pattern=r"^(https?://[^\s]+)?$")}),
     "kafka": obj({
         "bootstrap": S(minLength=1, pattern=r"^[^,\s]+:[0-9]+(,[^,\s]+:[0-9]+)*$",
                        description="required: Kafka bootstrap servers, host:port[,host:port...]"),

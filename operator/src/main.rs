@@ -59,7 +59,8 @@ fn main() -> Result<()> {
             }
         }
         Command::Controller { args, log_format } => {
-            telemetry::init(log_format);
+            // Dropped after the runtime: it flushes the trace export.
+            let _telemetry = telemetry::init(log_format, "streamscan-controller");
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(controller::run(*args))
         }

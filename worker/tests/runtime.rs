@@ -840,7 +840,6 @@ async fn a_real_broker_killed_and_restarted_mid_job_loses_and_duplicates_nothing
 /// An event of attempt `event_id` of job `analyze_id`, as a worker would send it.
 fn attempt_event(analyze_id: &str, event_id: &str, seq: u64) -> ProgressEvent {
     ProgressEvent {
-        version: streamscan_api::EVENT_VERSION,
         user_id: "alice".into(),
         event_id: event_id.into(),
         server_id: "s2".into(),
@@ -855,13 +854,8 @@ fn attempt_event(analyze_id: &str, event_id: &str, seq: u64) -> ProgressEvent {
         },
         seq,
         bytes_processed: seq,
-        total_bytes: None,
         timestamp: jiff::Timestamp::now(),
-        reason: None,
-        message: None,
-        retriable: None,
-        result: None,
-        traceparent: None,
+        ..ProgressEvent::default()
     }
 }
 

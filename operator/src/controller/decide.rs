@@ -12,7 +12,7 @@ use streamscan_api::job::MAX_PAST_ATTEMPTS;
 use streamscan_api::names::{FINALIZER_RESULTS, condition, reason};
 use streamscan_api::{AnalysisJob, AnalysisJobStatus, AttemptRef, Execution, ExecutionState, Phase};
 
-use super::servers::{Health, PodRule, ServerSet};
+use super::servers::{Health, PodRule, Server, ServerSet};
 
 /// Tunables, from flags.
 #[derive(Clone, Debug)]
@@ -129,24 +129,9 @@ struct Ctx<'a, 'b> {
 
 impl Ctx<'_, '_> {
     fn step(&mut self) {
-        let job = self.o.job;
-        let first = self.st.phase.is_none();
         let phase = self.st.phase.unwrap_or(Phase::Pending);
-        if first {
-            self.st.phase = Some(Phase::Pending);
-            for type_ in [
-                condition::SCHEDULED,
-                condition::RUNNING,
-                condition::COMPLETE,
-                condition::FAILED,
-            ] {
-                self.cond(type_, Status::False, reason::CREATED, "job accepted".into());
-            }
-            self.note(
-                EventType::Normal,
-                reason::CREATED,
-                format!("accepted; source: {}", job.spec.source.kind()),
-            );
+        if self.st.phase.is_none() {
+            self.accept();
         }
         self.refresh_generation();
 
@@ -158,44 +143,17 @@ impl Ctx<'_, '_> {
 
         // The worker's word on the current attempt comes first: a finished analysis stands even
         // if a deadline or a cancel arrived while its last status write was in flight.
-        if let Some(report) = &report {
-            match report.state {
-                ExecutionState::Succeeded => {
-                    let server = self.st.server_id.clone().unwrap_or_default();
-                    return self.finish(
-                        Phase::Succeeded,
-                        reason::COMPLETED,
-                        format!("analysis completed on server {server}"),
-                    );
-                }
-                ExecutionState::Cancelled => {
-                    return self.finish(
-                        Phase::Cancelled,
-                        reason::CANCELLED,
-                        "cancelled; the worker rolled back its partial work".into(),
-                    );
-                }
-                ExecutionState::Failed => return self.attempt_failed(report),
-                ExecutionState::Running => {}
-            }
+        if let Some(report) = &report
+            && self.reported_end(report)
+        {
+            return;
         }
-
+        let job = self.o.job;
         if job.is_cancel_requested() {
             return self.cancel(pinned);
         }
-        if let Some(deadline) = self.deadline() {
-            if deadline <= self.o.now {
-                let message = match job.spec.active_deadline_seconds {
-                    Some(secs) => format!("not finished within activeDeadlineSeconds ({secs} s)"),
-                    None => format!(
-                        "not finished within the controller's default deadline ({} s, \
-                         --default-active-deadline-seconds); set spec.activeDeadlineSeconds for longer analyses",
-                        self.s.default_active_deadline.map_or(0, |d| d.as_secs())
-                    ),
-                };
-                return self.finish(Phase::Failed, reason::DEADLINE_EXCEEDED, message);
-            }
-            self.requeue_at(deadline);
+        if self.deadline_passed() {
+            return;
         }
         if job.is_suspended() {
             return self.suspend(pinned);
@@ -219,6 +177,64 @@ impl Ctx<'_, '_> {
             return;
         }
         self.place();
+    }
+
+    /// A new job: Pending, every condition False, and an Event saying it was accepted.
+    fn accept(&mut self) {
+        self.st.phase = Some(Phase::Pending);
+        for type_ in [
+            condition::SCHEDULED,
+            condition::RUNNING,
+            condition::COMPLETE,
+            condition::FAILED,
+        ] {
+            self.cond(type_, Status::False, reason::CREATED, "job accepted".into());
+        }
+        let kind = self.o.job.spec.source.kind();
+        self.note(EventType::Normal, reason::CREATED, format!("accepted; source: {kind}"));
+    }
+
+    /// Ends the job as the worker reports its attempt ended; false while it runs.
+    fn reported_end(&mut self, report: &Execution) -> bool {
+        match report.state {
+            ExecutionState::Succeeded => {
+                let server = self.st.server_id.clone().unwrap_or_default();
+                self.finish(
+                    Phase::Succeeded,
+                    reason::COMPLETED,
+                    format!("analysis completed on server {server}"),
+                );
+            }
+            ExecutionState::Cancelled => self.finish(
+                Phase::Cancelled,
+                reason::CANCELLED,
+                "cancelled; the worker rolled back its partial work".into(),
+            ),
+            ExecutionState::Failed => self.attempt_failed(report),
+            ExecutionState::Running => return false,
+        }
+        true
+    }
+
+    /// Fails the job once its deadline has passed (true); otherwise wakes it at the deadline.
+    fn deadline_passed(&mut self) -> bool {
+        let Some(deadline) = self.deadline() else {
+            return false;
+        };
+        if deadline > self.o.now {
+            self.requeue_at(deadline);
+            return false;
+        }
+        let message = match self.o.job.spec.active_deadline_seconds {
+            Some(secs) => format!("not finished within activeDeadlineSeconds ({secs} s)"),
+            None => format!(
+                "not finished within the controller's default deadline ({} s, \
+                 --default-active-deadline-seconds); set spec.activeDeadlineSeconds for longer analyses",
+                self.s.default_active_deadline.map_or(0, |d| d.as_secs())
+            ),
+        };
+        self.finish(Phase::Failed, reason::DEADLINE_EXCEEDED, message);
+        true
     }
 
     /// The worker's report, if it is about the current attempt (a stale attempt's is ignored).
@@ -428,7 +444,6 @@ impl Ctx<'_, '_> {
         let upload_home = (!job.spec.source.is_rereadable())
             .then(|| self.st.server_id.clone())
             .flatten();
-        let pin = job.spec.server_id.as_deref().or(upload_home.as_deref());
         if let Some(home) = upload_home.as_deref()
             && matches!(
                 self.o.servers.health(home, self.o.now, self.s.not_ready_grace),
@@ -441,47 +456,63 @@ impl Ctx<'_, '_> {
                 format!("server {home} that holds the uploaded file is gone; upload it again in a new job"),
             );
         }
+        let pin = job.spec.server_id.as_deref().or(upload_home.as_deref());
+        match self.least_loaded(pin) {
+            Ok(server) => self.start_attempt(&server),
+            Err(eligible) => self.wait_for_a_server(eligible, pin),
+        }
+    }
+
+    /// The eligible server with a free slot that is least loaded (by fraction of capacity, then
+    /// by free slots, then by id for stability); else how many servers were eligible.
+    fn least_loaded(&self, pin: Option<&str>) -> Result<Server, usize> {
         let load = |id: &str| self.o.load.get(id).copied().unwrap_or(0);
         let mut eligible = 0usize;
-        let best = self
-            .o
+        self.o
             .servers
-            .eligible(pin, job.spec.server_selector.as_ref())
+            .eligible(pin, self.o.job.spec.server_selector.as_ref())
             .inspect(|_| eligible += 1)
             .filter(|srv| load(&srv.id) < srv.capacity)
             .min_by(|a, b| {
-                // Least loaded by fraction of capacity, then by free slots, then by id for stability.
                 let fa = load(&a.id) * b.capacity;
                 let fb = load(&b.id) * a.capacity;
                 fa.cmp(&fb).then(b.capacity.cmp(&a.capacity)).then(a.id.cmp(&b.id))
             })
-            .cloned();
-        let Some(server) = best else {
-            let message = match (eligible, pin) {
-                (0, Some(p)) => format!("server {p} is not Ready (or its serverId is duplicated)"),
-                (0, None) if job.spec.server_selector.is_some() => "no Ready server matches spec.serverSelector".into(),
-                (0, None) => "no Ready server".into(),
-                (n, _) => format!("all {n} eligible servers are at capacity"),
-            };
-            if find_condition(&self.st.conditions, condition::SCHEDULED)
-                .is_none_or(|c| c.reason != reason::NO_SERVER_AVAILABLE)
-            {
-                self.note(
-                    EventType::Normal,
-                    reason::NO_SERVER_AVAILABLE,
-                    format!("waiting: {message}"),
-                );
+            .cloned()
+            .ok_or(eligible)
+    }
+
+    /// Pending with NoServerAvailable, saying why; an Event only when the reason is new.
+    fn wait_for_a_server(&mut self, eligible: usize, pin: Option<&str>) {
+        let message = match (eligible, pin) {
+            (0, Some(p)) => format!("server {p} is not Ready (or its serverId is duplicated)"),
+            (0, None) if self.o.job.spec.server_selector.is_some() => {
+                "no Ready server matches spec.serverSelector".into()
             }
-            self.cond(
-                condition::SCHEDULED,
-                Status::False,
-                reason::NO_SERVER_AVAILABLE,
-                message.clone(),
-            );
-            self.set_phase(Phase::Pending, reason::NO_SERVER_AVAILABLE, message);
-            self.requeue_after(self.s.pending_resync);
-            return;
+            (0, None) => "no Ready server".into(),
+            (n, _) => format!("all {n} eligible servers are at capacity"),
         };
+        if find_condition(&self.st.conditions, condition::SCHEDULED)
+            .is_none_or(|c| c.reason != reason::NO_SERVER_AVAILABLE)
+        {
+            self.note(
+                EventType::Normal,
+                reason::NO_SERVER_AVAILABLE,
+                format!("waiting: {message}"),
+            );
+        }
+        self.cond(
+            condition::SCHEDULED,
+            Status::False,
+            reason::NO_SERVER_AVAILABLE,
+            message.clone(),
+        );
+        self.set_phase(Phase::Pending, reason::NO_SERVER_AVAILABLE, message);
+        self.requeue_after(self.s.pending_resync);
+    }
+
+    /// A new attempt on `server`: a fresh eventId, the server label, a capacity slot.
+    fn start_attempt(&mut self, server: &Server) {
         self.retire_current_attempt();
         let attempt = self.st.attempt.unwrap_or(0) + 1;
         self.st.attempt = Some(attempt);

@@ -13,7 +13,7 @@ use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use streamscan_api::names::{FINALIZER_RESULTS, LABEL_SERVER_ID, MANAGER_CONTROLLER, reason};
+use streamscan_api::names::{ANNOTATION_TRACEPARENT, FINALIZER_RESULTS, LABEL_SERVER_ID, MANAGER_CONTROLLER, reason};
 use streamscan_api::{AnalysisJob, AnalysisJobStatus, Phase};
 use tokio::sync::mpsc;
 
@@ -98,6 +98,10 @@ pub async fn reconcile(job: Arc<AnalysisJob>, ctx: Arc<Context>) -> Result<Actio
         namespace = job.namespace().as_deref().unwrap_or_default(),
         phase = job.phase().as_str(),
     );
+    // With trace export on, each reconcile is a span in the trace of the request that made the job.
+    if let Some(traceparent) = job.annotations().get(ANNOTATION_TRACEPARENT) {
+        streamscan_runtime::telemetry::continue_trace(&span, traceparent);
+    }
     let started = std::time::Instant::now();
     let metrics = ctx.metrics.clone();
     let result = reconcile_job(job, ctx).instrument(span).await;
