@@ -142,6 +142,48 @@ impl Default for ProgressEvent {
     }
 }
 
+/// Numbers one attempt's events 0, 1, 2, … without gaps: the one rule of the worker and of
+/// `scan --events`. Each event is the template with its status, seq, bytes and time.
+#[derive(Clone, Debug)]
+pub struct EventSequence {
+    template: ProgressEvent,
+    next: u64,
+}
+
+impl EventSequence {
+    /// Continues a stream whose next seq is `next` (0 for a new one).
+    pub fn new(template: ProgressEvent, next: u64) -> Self {
+        EventSequence { template, next }
+    }
+
+    /// The seq the next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// The next event, `status` after `processed` bytes, then `edit`ed; a total below the bytes
+    /// seen grows to them. The sequence moves on only when the event is [`sent`](Self::sent).
+    pub fn event(&self, status: EventStatus, processed: u64, edit: impl FnOnce(&mut ProgressEvent)) -> ProgressEvent {
+        let mut event = self.template.clone();
+        event.status = status;
+        event.seq = self.next;
+        event.bytes_processed = processed;
+        event.timestamp = Timestamp::now();
+        edit(&mut event);
+        if let Some(total) = event.total_bytes
+            && event.bytes_processed > total
+        {
+            event.total_bytes = Some(event.bytes_processed);
+        }
+        event
+    }
+
+    /// The event last made was sent: the next one takes the following seq.
+    pub fn sent(&mut self) {
+        self.next += 1;
+    }
+}
+
 /// Why a payload is not a valid progress event.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -263,6 +305,28 @@ mod tests {
             total_bytes: Some(100),
             ..ProgressEvent::default()
         }
+    }
+
+    #[test]
+    fn a_sequence_numbers_without_gaps_and_moves_on_only_when_sent() {
+        let mut events = EventSequence::new(sample(), 7);
+        let first = events.event(EventStatus::Progress, 150, |e| e.message = Some("m".into()));
+        assert_eq!(
+            (first.seq, first.bytes_processed, first.total_bytes),
+            (7, 150, Some(150))
+        );
+        assert_eq!(first.message.as_deref(), Some("m"));
+        assert_eq!(
+            events.event(EventStatus::Progress, 1, |_| {}).seq,
+            7,
+            "not sent: same seq"
+        );
+        events.sent();
+        let second = events.event(EventStatus::Completed, 200, |_| {});
+        assert_eq!(
+            (second.seq, second.status, events.next_seq()),
+            (8, EventStatus::Completed, 8)
+        );
     }
 
     #[test]

@@ -302,89 +302,23 @@ impl Scan {
             start,
             tail,
         } = self;
-        let order: Vec<AnalyzerName> = {
-            let mut names: Vec<AnalyzerName> = slots.iter().map(|s| s.analyzer.name()).collect();
-            names.sort();
-            names
-        };
+        let order = sorted_names(&slots);
         let lanes = assign_lanes(slots, options.lanes);
-        let lane_count = lanes.len();
-        let processed: Vec<AtomicU64> = (0..lane_count).map(|_| AtomicU64::new(start)).collect();
-        let failed = AtomicBool::new(false);
-        // Room for a part of every buffer in flight from every lane: lanes never block on it.
-        let (cp_tx, cp_rx) = bounded::<LaneCheckpoint>(lane_count * (options.buffers + 2));
         let Hooks {
             mut progress,
-            mut checkpoint,
+            checkpoint,
             cancel,
         } = hooks;
+        let shared = Shared::new(lanes.len(), start, cancel);
+        // Room for a part of every buffer in flight from every lane: lanes never block on it.
+        let (cp_tx, cp_rx) = bounded::<LaneCheckpoint>(lanes.len() * (options.buffers + 2));
+        let mut checkpoints = Checkpoints::new(cp_rx, lanes.len(), options.total, checkpoint);
+        let input = ChunkReader::new(reader, &options, overlap, start, tail, checkpoints.wanted());
+        let (read_result, lane_results) = run_lanes(lanes, input, &shared, cp_tx, &mut checkpoints, &mut progress)?;
 
-        let outcome = std::thread::scope(|scope| {
-            let mut senders = Vec::with_capacity(lane_count);
-            let mut handles = Vec::with_capacity(lane_count);
-            for (i, lane) in lanes.into_iter().enumerate() {
-                let (tx, rx) = bounded::<Arc<Chunk>>(1);
-                senders.push(tx);
-                let ctx = LaneContext {
-                    rx,
-                    cp_tx: cp_tx.clone(),
-                    processed: &processed[i],
-                    failed: &failed,
-                    cancel: &cancel,
-                    total: options.total,
-                    want_checkpoints: checkpoint.is_some(),
-                };
-                handles.push(scope.spawn(move || run_lane(lane, ctx)));
-            }
-            drop(cp_tx);
-
-            let mut reader_state = ReaderState {
-                pending: VecDeque::new(),
-                lane_count,
-                total: options.total,
-            };
-            let read_result = read_loop(
-                reader,
-                &options,
-                overlap,
-                start,
-                tail,
-                &senders,
-                &failed,
-                &cancel,
-                &processed,
-                &cp_rx,
-                &mut reader_state,
-                &mut progress,
-                &mut checkpoint,
-            );
-            drop(senders);
-            let mut lane_results = Vec::with_capacity(lane_count);
-            for handle in handles {
-                lane_results.push(handle.join().map_err(|_| EngineError::Panicked)?);
-            }
-            // Checkpoints completed while the lanes drained.
-            while let Ok(part) = cp_rx.try_recv() {
-                reader_state.accept(part, &mut checkpoint);
-            }
-            Ok::<_, EngineError>((read_result, lane_results))
-        });
-        let (read_result, lane_results) = outcome?;
-
-        let min_processed = processed
-            .iter()
-            .map(|p| p.load(Ordering::SeqCst))
-            .min()
-            .unwrap_or(start);
+        let min_processed = shared.min_processed().unwrap_or(start);
         // An analyzer error explains a failed read loop better than "lane gone".
-        let mut finished = Vec::new();
-        for result in lane_results {
-            match result {
-                LaneEnd::Finished(slots) => finished.extend(slots),
-                LaneEnd::Failed(e) => return Err(e.into()),
-                LaneEnd::Stopped => {}
-            }
-        }
+        let finished = finished_slots(lane_results)?;
         let bytes = read_result?;
         if finished.len() != order.len() {
             return Err(EngineError::Cancelled {
@@ -397,31 +331,100 @@ impl Scan {
                 total: options.total.or(Some(bytes)),
             });
         }
-
-        let mut result = ScanResult {
-            bytes,
-            findings: Vec::new(),
-            summaries: BTreeMap::new(),
-            dropped: BTreeMap::new(),
-            analyzers: order,
-            analyzer_time: BTreeMap::new(),
-            elapsed: Duration::ZERO,
-            resumed_from: (start > 0).then_some(start),
-        };
-        finished.sort_by_key(|(name, ..)| *name);
-        for (name, summary, sink, time) in finished {
-            result.summaries.insert(name, summary);
-            if sink.dropped > 0 {
-                result.dropped.insert(name, sink.dropped);
-            }
-            result.analyzer_time.insert(name, time);
-            result.findings.extend(sink.findings);
-        }
-        // Stable: equal offsets keep analyzer order, then emission order.
-        result.findings.sort_by_key(|f| f.offset);
+        let mut result = merge_results(bytes, order, finished);
+        result.resumed_from = (start > 0).then_some(start);
         result.elapsed = started.elapsed();
         Ok(result)
     }
+}
+
+/// The analyzers' names in report order.
+fn sorted_names(slots: &[Slot]) -> Vec<AnalyzerName> {
+    let mut names: Vec<AnalyzerName> = slots.iter().map(|s| s.analyzer.name()).collect();
+    names.sort();
+    names
+}
+
+/// Runs each lane on its own scoped thread while this thread reads the input into them.
+/// Returns the read loop's outcome and how each lane ended.
+fn run_lanes(
+    lanes: Vec<Vec<Slot>>,
+    input: ChunkReader<impl Read>,
+    shared: &Shared,
+    cp_tx: Sender<LaneCheckpoint>,
+    checkpoints: &mut Checkpoints<'_>,
+    progress: &mut ProgressHook<'_>,
+) -> Result<(Result<u64, EngineError>, Vec<LaneEnd>), EngineError> {
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(lanes.len());
+        let mut handles = Vec::with_capacity(lanes.len());
+        for (lane, processed) in lanes.into_iter().zip(&shared.processed) {
+            let (tx, rx) = bounded::<Arc<Chunk>>(1);
+            senders.push(tx);
+            let ctx = LaneContext {
+                rx,
+                cp_tx: cp_tx.clone(),
+                processed,
+                failed: &shared.failed,
+                cancel: &shared.cancel,
+                total: input.total,
+                want_checkpoints: checkpoints.wanted(),
+            };
+            handles.push(scope.spawn(move || run_lane(lane, ctx)));
+        }
+        // Only the lanes hold senders now, so the channel closes when they end.
+        drop(cp_tx);
+
+        let read_result = read_loop(input, &senders, shared, checkpoints, progress);
+        // Closing the chunk channels tells lanes still waiting for a chunk that none will come.
+        drop(senders);
+        let mut lane_results = Vec::with_capacity(handles.len());
+        for handle in handles {
+            lane_results.push(handle.join().map_err(|_| EngineError::Panicked)?);
+        }
+        // Checkpoints completed while the lanes drained.
+        checkpoints.drain();
+        Ok((read_result, lane_results))
+    })
+}
+
+/// The analyzers of every lane that finished, or the first analyzer error a lane ended with.
+fn finished_slots(lane_results: Vec<LaneEnd>) -> Result<Vec<FinishedSlot>, AnalyzerError> {
+    let mut finished = Vec::new();
+    for result in lane_results {
+        match result {
+            LaneEnd::Finished(slots) => finished.extend(slots),
+            LaneEnd::Failed(e) => return Err(e),
+            LaneEnd::Stopped => {}
+        }
+    }
+    Ok(finished)
+}
+
+/// The scan's result from what every analyzer finished with; the caller sets the timing fields.
+fn merge_results(bytes: u64, order: Vec<AnalyzerName>, mut finished: Vec<FinishedSlot>) -> ScanResult {
+    let mut result = ScanResult {
+        bytes,
+        findings: Vec::new(),
+        summaries: BTreeMap::new(),
+        dropped: BTreeMap::new(),
+        analyzers: order,
+        analyzer_time: BTreeMap::new(),
+        elapsed: Duration::ZERO,
+        resumed_from: None,
+    };
+    finished.sort_by_key(|(name, ..)| *name);
+    for (name, summary, sink, time) in finished {
+        result.summaries.insert(name, summary);
+        if sink.dropped > 0 {
+            result.dropped.insert(name, sink.dropped);
+        }
+        result.analyzer_time.insert(name, time);
+        result.findings.extend(sink.findings);
+    }
+    // Stable: equal offsets keep analyzer order, then emission order.
+    result.findings.sort_by_key(|f| f.offset);
+    result
 }
 
 /// Longest-processing-time-first: heaviest analyzer to the lightest lane.
@@ -460,6 +463,36 @@ impl Drop for Chunk {
 impl Chunk {
     fn end(&self) -> u64 {
         self.offset + self.buf.len() as u64
+    }
+
+    /// The last `overlap` bytes (fewer at the stream's start): what the next window carries.
+    fn carried(&self, overlap: usize) -> &[u8] {
+        let carry = (overlap as u64).min(self.end()) as usize;
+        &self.buf[self.buf.len() - carry..]
+    }
+}
+
+/// What the reader and the lanes share.
+struct Shared {
+    /// Per lane: stream offset up to which its analyzers have seen every byte.
+    processed: Vec<AtomicU64>,
+    /// Set by a lane whose analyzer failed, so the others and the reader stop.
+    failed: AtomicBool,
+    cancel: CancelToken,
+}
+
+impl Shared {
+    fn new(lane_count: usize, start: u64, cancel: CancelToken) -> Self {
+        Shared {
+            processed: (0..lane_count).map(|_| AtomicU64::new(start)).collect(),
+            failed: AtomicBool::new(false),
+            cancel,
+        }
+    }
+
+    /// Bytes every lane has processed (`None` without lanes).
+    fn min_processed(&self) -> Option<u64> {
+        self.processed.iter().map(|p| p.load(Ordering::SeqCst)).min()
     }
 }
 
@@ -548,16 +581,45 @@ fn run_lane(mut slots: Vec<Slot>, ctx: LaneContext<'_>) -> LaneEnd {
     LaneEnd::Stopped
 }
 
-/// Checkpoints being assembled from the lanes' parts.
-struct ReaderState {
+/// Checkpoints being assembled from the lanes' parts, and the hook complete ones go to.
+struct Checkpoints<'h> {
+    rx: Receiver<LaneCheckpoint>,
     /// (offset, carried tail, parts received so far, lanes reported).
     pending: VecDeque<(u64, Vec<u8>, Vec<AnalyzerCheckpoint>, usize)>,
     lane_count: usize,
     total: Option<u64>,
+    hook: CheckpointHook<'h>,
 }
 
-impl ReaderState {
-    fn accept(&mut self, part: LaneCheckpoint, hook: &mut CheckpointHook<'_>) {
+impl<'h> Checkpoints<'h> {
+    fn new(rx: Receiver<LaneCheckpoint>, lane_count: usize, total: Option<u64>, hook: CheckpointHook<'h>) -> Self {
+        Checkpoints {
+            rx,
+            pending: VecDeque::new(),
+            lane_count,
+            total,
+            hook,
+        }
+    }
+
+    /// Whether anyone takes checkpoints: without a hook none are assembled.
+    fn wanted(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    /// Registers a checkpoint at `offset`, with the overlap carried there, to collect every lane's part.
+    fn register(&mut self, offset: u64, tail: Vec<u8>) {
+        self.pending.push_back((offset, tail, Vec::new(), 0));
+    }
+
+    /// Takes the parts the lanes have sent so far, without waiting.
+    fn drain(&mut self) {
+        while let Ok(part) = self.rx.try_recv() {
+            self.accept(part);
+        }
+    }
+
+    fn accept(&mut self, part: LaneCheckpoint) {
         let Some(entry) = self.pending.iter_mut().find(|(o, ..)| *o == part.offset) else {
             return;
         };
@@ -580,66 +642,95 @@ impl ReaderState {
                 tail: hex::encode(&tail),
                 analyzers: parts,
             };
-            if let Some(hook) = hook.as_mut() {
+            if let Some(hook) = self.hook.as_mut() {
                 hook(&checkpoint);
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_loop(
-    mut reader: impl Read,
-    options: &Options,
+/// The reading side of the pipeline: fills pool buffers with the carried overlap and fresh
+/// input bytes.
+struct ChunkReader<R> {
+    reader: R,
+    chunk_size: usize,
     overlap: usize,
-    start: u64,
-    initial_tail: Vec<u8>,
-    senders: &[Sender<Arc<Chunk>>],
-    failed: &AtomicBool,
-    cancel: &CancelToken,
-    processed: &[AtomicU64],
-    cp_rx: &Receiver<LaneCheckpoint>,
-    state: &mut ReaderState,
-    progress: &mut ProgressHook<'_>,
-    checkpoint: &mut CheckpointHook<'_>,
-) -> Result<u64, EngineError> {
-    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(options.buffers);
-    for _ in 0..options.buffers {
-        // Capacity reserved up front so buffers never reallocate while in use.
-        let _ = pool_tx.try_send(Vec::with_capacity(overlap + options.chunk_size));
+    total: Option<u64>,
+    /// Checkpoint spacing, `None` when no checkpoints are wanted.
+    checkpoint_every: Option<u64>,
+    /// Stream offset of the next byte to read.
+    next: u64,
+    /// Offset of the last checkpoint (or of the start).
+    last_checkpoint: u64,
+    /// The previous chunk, whose end the next one carries.
+    prev: Option<Arc<Chunk>>,
+    /// On resume, the overlap carried before the first chunk.
+    tail: Vec<u8>,
+    pool_tx: Sender<Vec<u8>>,
+    pool_rx: Receiver<Vec<u8>>,
+}
+
+impl<R: Read> ChunkReader<R> {
+    fn new(reader: R, options: &Options, overlap: usize, start: u64, tail: Vec<u8>, want_checkpoints: bool) -> Self {
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(options.buffers);
+        for _ in 0..options.buffers {
+            // Capacity reserved up front so buffers never reallocate while in use.
+            let _ = pool_tx.try_send(Vec::with_capacity(overlap + options.chunk_size));
+        }
+        ChunkReader {
+            reader,
+            chunk_size: options.chunk_size,
+            overlap,
+            total: options.total,
+            checkpoint_every: options.checkpoint_every.filter(|_| want_checkpoints),
+            next: start,
+            last_checkpoint: start,
+            prev: None,
+            tail,
+            pool_tx,
+            pool_rx,
+        }
     }
-    let mut next = start;
-    let mut last_checkpoint = start;
-    let mut prev: Option<Arc<Chunk>> = None;
-    let mut tail = initial_tail;
-    let min_processed = || processed.iter().map(|p| p.load(Ordering::SeqCst)).min().unwrap_or(0);
-    loop {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled {
-                processed: min_processed(),
-            });
-        }
-        if failed.load(Ordering::Relaxed) {
-            // The failing lane's error is reported by the caller.
-            return Ok(next);
-        }
-        let Ok(mut buf) = pool_rx.recv() else {
+
+    /// The next chunk: waits for a free buffer (the backpressure), then fills it.
+    fn read_chunk(&mut self) -> Result<Arc<Chunk>, EngineError> {
+        let Ok(mut buf) = self.pool_rx.recv() else {
             return Err(EngineError::Panicked);
         };
         buf.clear();
-        if let Some(p) = prev.take() {
-            let carry = (overlap as u64).min(next) as usize;
-            buf.extend_from_slice(&p.buf[p.buf.len() - carry..]);
-        } else {
-            buf.extend_from_slice(&tail);
-            tail = Vec::new();
+        match self.prev.take() {
+            Some(prev) => buf.extend_from_slice(prev.carried(self.overlap)),
+            None => buf.extend_from_slice(&std::mem::take(&mut self.tail)),
         }
         let fresh = buf.len();
-        buf.resize(fresh + options.chunk_size, 0);
+        let eof = self.fill(&mut buf)?;
+        let offset = self.next - fresh as u64;
+        self.next += (buf.len() - fresh) as u64;
+        let checkpoint = !eof
+            && self
+                .checkpoint_every
+                .is_some_and(|every| self.next - self.last_checkpoint >= every);
+        if checkpoint {
+            self.last_checkpoint = self.next;
+        }
+        Ok(Arc::new(Chunk {
+            buf,
+            offset,
+            fresh,
+            is_last: eof,
+            checkpoint,
+            pool: self.pool_tx.clone(),
+        }))
+    }
+
+    /// Appends up to a chunk of fresh bytes to `buf`; returns whether the input ended.
+    fn fill(&mut self, buf: &mut Vec<u8>) -> Result<bool, EngineError> {
+        let fresh = buf.len();
+        buf.resize(fresh + self.chunk_size, 0);
         let mut filled = fresh;
         let mut eof = false;
         while filled < buf.len() {
-            match reader.read(&mut buf[filled..]) {
+            match self.reader.read(&mut buf[filled..]) {
                 Ok(0) => {
                     eof = true;
                     break;
@@ -648,52 +739,62 @@ fn read_loop(
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(EngineError::Io {
-                        offset: next + (filled - fresh) as u64,
+                        offset: self.next + (filled - fresh) as u64,
                         source,
                     });
                 }
             }
         }
         buf.truncate(filled);
-        let offset = next - fresh as u64;
-        next += (filled - fresh) as u64;
-        let take_checkpoint = !eof
-            && checkpoint.is_some()
-            && options
-                .checkpoint_every
-                .is_some_and(|every| next - last_checkpoint >= every);
-        let chunk = Arc::new(Chunk {
-            buf,
-            offset,
-            fresh,
-            is_last: eof,
-            checkpoint: take_checkpoint,
-            pool: pool_tx.clone(),
-        });
-        if take_checkpoint {
-            last_checkpoint = next;
-            let carry = (overlap as u64).min(next) as usize;
-            let tail = chunk.buf[chunk.buf.len() - carry..].to_vec();
-            state.pending.push_back((next, tail, Vec::new(), 0));
+        Ok(eof)
+    }
+}
+
+/// Reads the input to its end, handing every chunk to every lane, assembling checkpoints and
+/// reporting progress in between. Returns the bytes read, or `Ok` early when a lane stopped
+/// (the caller collects why).
+fn read_loop(
+    mut input: ChunkReader<impl Read>,
+    senders: &[Sender<Arc<Chunk>>],
+    shared: &Shared,
+    checkpoints: &mut Checkpoints<'_>,
+    progress: &mut ProgressHook<'_>,
+) -> Result<u64, EngineError> {
+    let min_processed = || shared.min_processed().unwrap_or(0);
+    loop {
+        if shared.cancel.is_cancelled() {
+            return Err(EngineError::Cancelled {
+                processed: min_processed(),
+            });
         }
-        for tx in senders {
-            if tx.send(Arc::clone(&chunk)).is_err() {
-                // A lane ended early (failure or cancel); the caller collects why.
-                return Ok(next);
-            }
+        if shared.failed.load(Ordering::Relaxed) {
+            // The failing lane's error is reported by the caller.
+            return Ok(input.next);
         }
-        while let Ok(part) = cp_rx.try_recv() {
-            state.accept(part, checkpoint);
+        let chunk = input.read_chunk()?;
+        if chunk.checkpoint {
+            // Registered before the lanes can send their parts for it.
+            checkpoints.register(chunk.end(), chunk.carried(input.overlap).to_vec());
         }
+        if !send_to_all(senders, &chunk) {
+            // A lane ended early (failure or cancel); the caller collects why.
+            return Ok(input.next);
+        }
+        checkpoints.drain();
         if let Some(progress) = progress.as_mut() {
             progress(Progress {
                 processed: min_processed(),
-                total: options.total,
+                total: input.total,
             });
         }
-        if eof {
-            return Ok(next);
+        if chunk.is_last {
+            return Ok(input.next);
         }
-        prev = Some(chunk);
+        input.prev = Some(chunk);
     }
+}
+
+/// Hands `chunk` to every lane; false when a lane has gone.
+fn send_to_all(senders: &[Sender<Arc<Chunk>>], chunk: &Arc<Chunk>) -> bool {
+    senders.iter().all(|tx| tx.send(Arc::clone(chunk)).is_ok())
 }

@@ -61,76 +61,15 @@ fn artifact_uri(source: &str) -> String {
 
 /// The SARIF log of a report.
 pub fn to_sarif(report: &Report) -> Value {
-    // One rule per distinct rule id, with the highest severity it was reported at.
-    let mut rules: BTreeMap<String, (&Finding, Severity)> = BTreeMap::new();
-    for f in &report.findings {
-        rules
-            .entry(rule_id(f))
-            .and_modify(|(_, s)| *s = (*s).max(f.severity))
-            .or_insert((f, f.severity));
-    }
+    let rules = distinct_rules(&report.findings);
+    // Results point at their rule by position in the driver's `rules` array.
     let index: BTreeMap<&str, usize> = rules.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
     let rule_objects: Vec<Value> = rules
         .iter()
-        .map(|(id, (f, severity))| {
-            json!({
-                "id": id,
-                "name": f.rule,
-                "shortDescription": { "text": format!("{}: {}", f.analyzer, f.rule) },
-                "defaultConfiguration": { "level": level(*severity) },
-                "properties": {
-                    "tags": ["security", f.analyzer.as_str()],
-                    "security-severity": security_severity(*severity),
-                },
-            })
-        })
+        .map(|(id, (f, severity))| rule_object(id, f, *severity))
         .collect();
     let uri = artifact_uri(&report.source);
-    let results: Vec<Value> = report
-        .findings
-        .iter()
-        .map(|f| {
-            let id = rule_id(f);
-            let mut region = json!({ "startLine": 1, "byteOffset": f.offset });
-            if let Some(len) = f.length {
-                region["byteLength"] = json!(len);
-            }
-            let mut result = json!({
-                "ruleId": id,
-                "ruleIndex": index.get(id.as_str()).copied().unwrap_or(0),
-                "level": level(f.severity),
-                "message": { "text": f.message },
-                "locations": [{
-                    "physicalLocation": {
-                        "artifactLocation": { "uri": uri },
-                        "region": region,
-                    }
-                }],
-                "partialFingerprints": {
-                    "streamscanFinding/v1": format!("{id}:{}", f.offset),
-                },
-            });
-            let mut properties = serde_json::Map::new();
-            properties.insert("severity".into(), json!(f.severity));
-            for (key, value) in [
-                ("value", &f.value),
-                ("component", &f.component),
-                ("version", &f.version),
-            ] {
-                if let Some(v) = value {
-                    properties.insert(key.into(), json!(v));
-                }
-            }
-            if let Some(count) = f.count {
-                properties.insert("count".into(), json!(count));
-            }
-            if !f.vulnerabilities.is_empty() {
-                properties.insert("vulnerabilities".into(), json!(f.vulnerabilities));
-            }
-            result["properties"] = Value::Object(properties);
-            result
-        })
-        .collect();
+    let results: Vec<Value> = report.findings.iter().map(|f| result_object(f, &uri, &index)).collect();
     json!({
         "$schema": SARIF_SCHEMA,
         "version": SARIF_VERSION,
@@ -154,4 +93,78 @@ pub fn to_sarif(report: &Report) -> Value {
             },
         }]
     })
+}
+
+/// One entry per distinct rule id, keyed and ordered by that id: the first finding reported
+/// under it (for its names) and the highest severity it was reported at.
+fn distinct_rules(findings: &[Finding]) -> BTreeMap<String, (&Finding, Severity)> {
+    let mut rules: BTreeMap<String, (&Finding, Severity)> = BTreeMap::new();
+    for f in findings {
+        rules
+            .entry(rule_id(f))
+            .and_modify(|(_, s)| *s = (*s).max(f.severity))
+            .or_insert((f, f.severity));
+    }
+    rules
+}
+
+/// A `reportingDescriptor` for the driver's `rules` array.
+fn rule_object(id: &str, f: &Finding, severity: Severity) -> Value {
+    json!({
+        "id": id,
+        "name": f.rule,
+        "shortDescription": { "text": format!("{}: {}", f.analyzer, f.rule) },
+        "defaultConfiguration": { "level": level(severity) },
+        "properties": {
+            "tags": ["security", f.analyzer.as_str()],
+            "security-severity": security_severity(severity),
+        },
+    })
+}
+
+/// The SARIF `result` of one finding in the artifact at `uri`.
+fn result_object(f: &Finding, uri: &str, rule_index: &BTreeMap<&str, usize>) -> Value {
+    let id = rule_id(f);
+    let mut region = json!({ "startLine": 1, "byteOffset": f.offset });
+    if let Some(len) = f.length {
+        region["byteLength"] = json!(len);
+    }
+    json!({
+        "ruleId": id,
+        "ruleIndex": rule_index.get(id.as_str()).copied().unwrap_or(0),
+        "level": level(f.severity),
+        "message": { "text": f.message },
+        "locations": [{
+            "physicalLocation": {
+                "artifactLocation": { "uri": uri },
+                "region": region,
+            }
+        }],
+        "partialFingerprints": {
+            "streamscanFinding/v1": format!("{id}:{}", f.offset),
+        },
+        "properties": result_properties(f),
+    })
+}
+
+/// The finding's severity and whichever optional details it carries.
+fn result_properties(f: &Finding) -> Value {
+    let mut properties = serde_json::Map::new();
+    properties.insert("severity".into(), json!(f.severity));
+    for (key, value) in [
+        ("value", &f.value),
+        ("component", &f.component),
+        ("version", &f.version),
+    ] {
+        if let Some(v) = value {
+            properties.insert(key.into(), json!(v));
+        }
+    }
+    if let Some(count) = f.count {
+        properties.insert("count".into(), json!(count));
+    }
+    if !f.vulnerabilities.is_empty() {
+        properties.insert("vulnerabilities".into(), json!(f.vulnerabilities));
+    }
+    Value::Object(properties)
 }

@@ -128,7 +128,7 @@ pub fn judge_fresh(event: &ProgressEvent, job: Option<&JobFacts>) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streamscan_api::{EVENT_VERSION, EventStatus};
+    use streamscan_api::EventStatus;
 
     fn attempt(n: i32, event_id: &str, server: &str) -> AttemptRef {
         AttemptRef {
@@ -149,7 +149,6 @@ mod tests {
 
     fn event(attempt: u32, event_id: &str, server: &str) -> ProgressEvent {
         ProgressEvent {
-            version: EVENT_VERSION,
             user_id: "alice".into(),
             event_id: event_id.into(),
             server_id: server.into(),
@@ -161,12 +160,7 @@ mod tests {
             seq: 4,
             bytes_processed: 40,
             total_bytes: Some(100),
-            timestamp: jiff::Timestamp::UNIX_EPOCH,
-            reason: None,
-            message: None,
-            retriable: None,
-            result: None,
-            traceparent: None,
+            ..ProgressEvent::default()
         }
     }
 

@@ -174,28 +174,20 @@ fn completed_problems(e: &ProgressEvent, total: Option<u64>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streamscan_api::EVENT_VERSION;
 
     fn ev(seq: u64, status: EventStatus, bytes: u64) -> ProgressEvent {
         ProgressEvent {
-            version: EVENT_VERSION,
             user_id: "alice".into(),
             event_id: "e".into(),
             server_id: "0".into(),
             analyze_id: "a".into(),
             namespace: "default".into(),
             name: "j".into(),
-            attempt: 1,
             status,
             seq,
             bytes_processed: bytes,
             total_bytes: Some(100),
-            timestamp: jiff::Timestamp::UNIX_EPOCH,
-            reason: None,
-            message: None,
-            retriable: None,
-            result: None,
-            traceparent: None,
+            ..ProgressEvent::default()
         }
     }
 

@@ -100,16 +100,14 @@ fn otlp_provider(service: &'static str, traces_endpoint: Option<String>) -> Opti
                 if let Some(url) = traces_endpoint {
                     exporter = exporter.with_endpoint(url);
                 }
-                exporter
-                    .build()
-                    .map(|exporter| {
-                        let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
-                        let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
-                        SdkTracerProvider::builder()
-                            .with_batch_exporter(exporter)
-                            .with_resource(resource)
-                            .build()
-                    })
+                exporter.build().map(|exporter| {
+                    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
+                    let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+                    SdkTracerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_resource(resource)
+                        .build()
+                })
             })
             .join()
     });
@@ -141,12 +139,6 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    sc.is_valid()
+        .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }

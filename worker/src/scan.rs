@@ -1,10 +1,9 @@
 //! `streamscan-worker scan`: the engine on one machine, with a progress display, the report in
 //! the chosen format, optional progress events as JSON lines, and an exit code for CI.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -12,14 +11,15 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
+use streamscan_api::event::EventSequence;
 use streamscan_api::names::reason;
-use streamscan_api::{AnalyzerName, EVENT_VERSION, EventStatus, ProgressEvent, ResultSummary};
+use streamscan_api::{AnalyzerName, EventStatus, ProgressEvent, ResultSummary};
 
 use streamscan_engine::analyzers::{AnalyzerConfig, build, model::ModelConfig};
-use streamscan_engine::pipeline::{CancelToken, EngineError, Hooks, Options, Progress, Scan};
+use streamscan_engine::pipeline::{CancelToken, EngineError, Hooks, Options, Progress, Scan, ScanResult};
 use streamscan_engine::report::Report;
 use streamscan_engine::sink::DEFAULT_FINDING_CAP;
-use streamscan_engine::{Severity, sarif, text};
+use streamscan_engine::{Analyzer, Severity, sarif, text};
 
 /// Exit code: no finding at or above `--fail-on`.
 pub const EXIT_CLEAN: u8 = 0;
@@ -138,8 +138,7 @@ fn open_input(input: &str) -> Result<Input> {
 /// Writes progress events as JSON lines, numbering them without gaps.
 struct EventWriter {
     out: Box<dyn Write>,
-    template: ProgressEvent,
-    seq: u64,
+    events: EventSequence,
     last_progress: Option<(Instant, u64)>,
 }
 
@@ -152,45 +151,66 @@ impl EventWriter {
         };
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty());
         let template = ProgressEvent {
-            version: EVENT_VERSION,
             user_id: user.unwrap_or_else(|| "local".into()),
             event_id: uuid::Uuid::new_v4().to_string(),
             server_id: "local".into(),
             analyze_id: uuid::Uuid::new_v4().to_string(),
-            namespace: String::new(),
             name: input.to_owned(),
-            attempt: 1,
-            status: EventStatus::Started,
-            seq: 0,
-            bytes_processed: 0,
             total_bytes: total,
             timestamp: jiff::Timestamp::now(),
-            reason: None,
-            message: None,
-            retriable: None,
-            result: None,
-            traceparent: None,
+            ..ProgressEvent::default()
         };
         Ok(EventWriter {
             out,
-            template,
-            seq: 0,
+            events: EventSequence::new(template, 0),
             last_progress: None,
         })
     }
 
     fn emit(&mut self, status: EventStatus, processed: u64, edit: impl FnOnce(&mut ProgressEvent)) -> Result<()> {
-        let mut event = self.template.clone();
-        event.status = status;
-        event.seq = self.seq;
-        event.bytes_processed = processed;
-        event.timestamp = jiff::Timestamp::now();
-        edit(&mut event);
+        let event = self.events.event(status, processed, edit);
         let line = serde_json::to_string(&event).context("encoding a progress event")?;
         writeln!(self.out, "{line}").context("writing a progress event")?;
         self.out.flush().context("writing a progress event")?;
-        self.seq += 1;
+        self.events.sent();
         Ok(())
+    }
+
+    /// CANCELLED or FAILED for a scan the engine ended with `e` after `processed` bytes.
+    fn ended(&mut self, e: &EngineError, processed: u64) -> Result<()> {
+        match e {
+            EngineError::Cancelled { .. } => self.emit(EventStatus::Cancelled, processed, |ev| {
+                ev.reason = Some("Interrupted".into());
+                ev.message = Some("the scan was interrupted".into());
+            }),
+            other => {
+                let reason = match other {
+                    EngineError::Io { .. } => reason::SOURCE_READ_FAILED,
+                    _ => reason::ANALYZER_FAILED,
+                };
+                self.emit(EventStatus::Failed, processed, |ev| {
+                    ev.reason = Some(reason.into());
+                    ev.message = Some(other.to_string());
+                    ev.retriable = Some(other.is_retriable());
+                })
+            }
+        }
+    }
+
+    /// COMPLETED, with the summary of the report as `rendered`.
+    fn completed(&mut self, report: &Report, rendered: &[u8]) -> Result<()> {
+        let summary = ResultSummary {
+            bytes: i64::try_from(report.bytes).unwrap_or(i64::MAX),
+            sha256: report.digests.sha256.clone(),
+            findings: report.severity_counts(),
+            report_digest: streamscan_engine::hex::encode(&Sha256::digest(rendered)),
+            report_size: i64::try_from(rendered.len()).unwrap_or(i64::MAX),
+            server_id: "local".into(),
+        };
+        self.emit(EventStatus::Completed, report.bytes, |e| {
+            e.total_bytes = Some(report.bytes);
+            e.result = Some(summary);
+        })
     }
 
     /// PROGRESS at most twice a second, or every 10 % of a known total.
@@ -309,34 +329,10 @@ fn render(report: &Report, format: Format) -> Result<Vec<u8>> {
 
 /// Runs `scan` and returns the process exit code; errors are usage or input errors (exit 2).
 pub fn run(args: ScanArgs) -> Result<ExitCode> {
-    if args.events.as_deref() == Some("-") && args.output.is_none() {
-        bail!("--events - and the report would both go to standard output; add --output FILE");
-    }
-    if args.chunk_size == 0 {
-        bail!("--chunk-size must be positive");
-    }
-    let names = selected_analyzers(&args);
-    if names.is_empty() {
-        bail!("--analyzers selects no analyzer");
-    }
-    let config = AnalyzerConfig {
-        vuln_db: args.vuln_db.clone(),
-        model: args.model_url.clone().map(|endpoint| ModelConfig { endpoint }),
-    };
-    let analyzers = names
-        .iter()
-        .map(|&n| build(n, &config))
-        .collect::<Result<Vec<_>, _>>()
-        .context("setting up the analyzers")?;
-
+    check_args(&args)?;
+    let analyzers = analyzers(&args)?;
     let input = open_input(&args.input)?;
-    let format = args
-        .format
-        .unwrap_or(if args.output.is_none() && std::io::stdout().is_terminal() {
-            Format::Text
-        } else {
-            Format::Json
-        });
+    let format = report_format(&args);
     let options = Options {
         chunk_size: args.chunk_size,
         finding_cap: args.max_findings,
@@ -344,114 +340,149 @@ pub fn run(args: ScanArgs) -> Result<ExitCode> {
         ..Options::default()
     };
     let scan = Scan::new(analyzers, options).context("setting up the scan")?;
-
     let cancel = CancelToken::new();
-    {
-        let cancel = cancel.clone();
-        // Without a handler SIGINT still stops the process, just without a CANCELLED event.
-        if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
-            tracing::warn!("cannot handle Ctrl-C: {e}");
-        }
-    }
-    let events = match &args.events {
-        Some(target) => Some(RefCell::new(EventWriter::new(target, &args.input, input.total)?)),
+    cancel_on_ctrl_c(&cancel);
+
+    let mut events = match &args.events {
+        Some(target) => Some(EventWriter::new(target, &args.input, input.total)?),
         None => None,
     };
-    let event_error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
-    if let Some(ev) = &events {
-        ev.borrow_mut().emit(EventStatus::Started, 0, |_| {})?;
+    if let Some(ev) = &mut events {
+        ev.emit(EventStatus::Started, 0, |_| {})?;
     }
-    let display = RefCell::new(Display::new(args.quiet, input.total));
-    let last_processed = std::cell::Cell::new(0u64);
+    let mut display = Display::new(args.quiet, input.total);
     let started_at = jiff::Timestamp::now();
-    let hooks = Hooks {
-        progress: Some(Box::new(|p: Progress| {
-            last_processed.set(p.processed);
-            display.borrow_mut().update(p);
-            if let Some(ev) = &events
-                && let Err(e) = ev.borrow_mut().progress(p)
-            {
-                // A broken events file should not kill the scan mid-way; it fails it at the end.
-                event_error.borrow_mut().get_or_insert(e);
-            }
-        })),
-        checkpoint: None,
-        cancel: cancel.clone(),
-    };
-    let outcome = scan.run(input.reader, hooks);
-    display.borrow_mut().finish();
-    if let Some(e) = event_error.into_inner() {
-        return Err(e);
-    }
-
+    let (outcome, last_processed) = scan_with_progress(scan, input.reader, &mut display, events.as_mut(), cancel)?;
     let result = match outcome {
         Ok(result) => result,
-        Err(e) => {
-            let processed = match &e {
-                EngineError::Cancelled { processed } => *processed,
-                _ => last_processed.get(),
-            };
-            if let Some(ev) = &events {
-                let mut ev = ev.borrow_mut();
-                match &e {
-                    EngineError::Cancelled { .. } => ev.emit(EventStatus::Cancelled, processed, |ev| {
-                        ev.reason = Some("Interrupted".into());
-                        ev.message = Some("the scan was interrupted".into());
-                    })?,
-                    other => {
-                        let reason = match other {
-                            EngineError::Io { .. } => reason::SOURCE_READ_FAILED,
-                            _ => reason::ANALYZER_FAILED,
-                        };
-                        ev.emit(EventStatus::Failed, processed, |ev| {
-                            ev.reason = Some(reason.into());
-                            ev.message = Some(other.to_string());
-                            ev.retriable = Some(other.is_retriable());
-                        })?
-                    }
-                }
-            }
-            if matches!(e, EngineError::Cancelled { .. }) {
-                eprintln!("streamscan: interrupted after {processed} bytes");
-                return Ok(ExitCode::from(EXIT_INTERRUPTED));
-            }
-            return Err(anyhow::Error::new(e).context(format!("scanning {}", args.input)));
-        }
+        Err(e) => return scan_failed(e, last_processed, events.as_mut(), &args.input),
     };
 
     let report = Report::new(result, args.input.clone(), started_at, args.max_findings);
     let rendered = render(&report, format)?;
-    match &args.output {
-        Some(path) => std::fs::write(path, &rendered).with_context(|| format!("writing {}", path.display()))?,
+    write_report(args.output.as_deref(), &rendered)?;
+    if let Some(ev) = &mut events {
+        ev.completed(&report, &rendered)?;
+    }
+    Ok(exit_code(&report, args.fail_on, args.quiet))
+}
+
+/// The checks clap cannot make on the flags.
+fn check_args(args: &ScanArgs) -> Result<()> {
+    if args.events.as_deref() == Some("-") && args.output.is_none() {
+        bail!("--events - and the report would both go to standard output; add --output FILE");
+    }
+    if args.chunk_size == 0 {
+        bail!("--chunk-size must be positive");
+    }
+    Ok(())
+}
+
+/// Builds the analyzers `--analyzers` selects (all by default).
+fn analyzers(args: &ScanArgs) -> Result<Vec<Box<dyn Analyzer>>> {
+    let names = selected_analyzers(args);
+    if names.is_empty() {
+        bail!("--analyzers selects no analyzer");
+    }
+    let config = AnalyzerConfig {
+        vuln_db: args.vuln_db.clone(),
+        model: args.model_url.clone().map(|endpoint| ModelConfig { endpoint }),
+    };
+    names
+        .iter()
+        .map(|&n| build(n, &config))
+        .collect::<Result<Vec<_>, _>>()
+        .context("setting up the analyzers")
+}
+
+/// `--format`, else text for a person at a terminal and JSON for everything else.
+fn report_format(args: &ScanArgs) -> Format {
+    args.format
+        .unwrap_or(if args.output.is_none() && std::io::stdout().is_terminal() {
+            Format::Text
+        } else {
+            Format::Json
+        })
+}
+
+fn cancel_on_ctrl_c(cancel: &CancelToken) {
+    let cancel = cancel.clone();
+    // Without a handler SIGINT still stops the process, just without a CANCELLED event.
+    if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+        tracing::warn!("cannot handle Ctrl-C: {e}");
+    }
+}
+
+/// Runs the scan, showing its progress and writing PROGRESS events; returns the engine's answer
+/// and the last byte count it reported. Fails when the events could not be written.
+fn scan_with_progress(
+    scan: Scan,
+    reader: Box<dyn Read>,
+    display: &mut Display,
+    mut events: Option<&mut EventWriter>,
+    cancel: CancelToken,
+) -> Result<(Result<ScanResult, EngineError>, u64)> {
+    let mut last_processed = 0u64;
+    let mut event_error: Option<anyhow::Error> = None;
+    let hooks = Hooks {
+        progress: Some(Box::new(|p: Progress| {
+            last_processed = p.processed;
+            display.update(p);
+            if let Some(ev) = events.as_deref_mut()
+                && let Err(e) = ev.progress(p)
+            {
+                // A broken events file should not kill the scan mid-way; it fails it at the end.
+                event_error.get_or_insert(e);
+            }
+        })),
+        checkpoint: None,
+        cancel,
+    };
+    let outcome = scan.run(reader, hooks);
+    display.finish();
+    match event_error {
+        Some(e) => Err(e),
+        None => Ok((outcome, last_processed)),
+    }
+}
+
+/// Reports a scan that did not finish: the CANCELLED or FAILED event, then exit 130 when
+/// interrupted, else the error.
+fn scan_failed(e: EngineError, last_processed: u64, events: Option<&mut EventWriter>, input: &str) -> Result<ExitCode> {
+    let processed = match &e {
+        EngineError::Cancelled { processed } => *processed,
+        _ => last_processed,
+    };
+    if let Some(ev) = events {
+        ev.ended(&e, processed)?;
+    }
+    if matches!(e, EngineError::Cancelled { .. }) {
+        eprintln!("streamscan: interrupted after {processed} bytes");
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Err(anyhow::Error::new(e).context(format!("scanning {input}")))
+}
+
+fn write_report(output: Option<&Path>, rendered: &[u8]) -> Result<()> {
+    match output {
+        Some(path) => std::fs::write(path, rendered).with_context(|| format!("writing {}", path.display()))?,
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(&rendered).context("writing the report")?;
+            out.write_all(rendered).context("writing the report")?;
             out.flush().context("writing the report")?;
         }
     }
-    if let Some(ev) = &events {
-        let summary = ResultSummary {
-            bytes: i64::try_from(report.bytes).unwrap_or(i64::MAX),
-            sha256: report.digests.sha256.clone(),
-            findings: report.severity_counts(),
-            report_digest: streamscan_engine::hex::encode(&Sha256::digest(&rendered)),
-            report_size: i64::try_from(rendered.len()).unwrap_or(i64::MAX),
-            server_id: "local".into(),
-        };
-        ev.borrow_mut().emit(EventStatus::Completed, report.bytes, |e| {
-            e.total_bytes = Some(report.bytes);
-            e.result = Some(summary);
-        })?;
+    Ok(())
+}
+
+/// 1 when a finding is at or above `fail_on` (saying so unless quiet), else 0.
+fn exit_code(report: &Report, fail_on: Severity, quiet: bool) -> ExitCode {
+    let failing = report.count_at_least(fail_on);
+    if failing == 0 {
+        return ExitCode::from(EXIT_CLEAN);
     }
-    let failing = report.count_at_least(args.fail_on);
-    if failing > 0 {
-        if !args.quiet {
-            eprintln!(
-                "streamscan: {failing} finding(s) at or above {} (exit {EXIT_FINDINGS})",
-                args.fail_on
-            );
-        }
-        return Ok(ExitCode::from(EXIT_FINDINGS));
+    if !quiet {
+        eprintln!("streamscan: {failing} finding(s) at or above {fail_on} (exit {EXIT_FINDINGS})");
     }
-    Ok(ExitCode::from(EXIT_CLEAN))
+    ExitCode::from(EXIT_FINDINGS)
 }

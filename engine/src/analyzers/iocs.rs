@@ -313,111 +313,133 @@ impl IocsAnalyzer {
 
     /// Candidates in `hay[resolved..limit]` (by start), each pushed as (kind, start, end).
     fn scan(hay: &[u8], resolved: usize, limit: usize, out: &mut Vec<(Kind, usize, usize)>) {
-        let searched = &hay[resolved..];
-        // Domains and IPv4: runs holding a dot.
-        let mut skip_to = 0;
-        for dot in memchr_iter(b'.', searched).map(|i| i + resolved) {
-            if dot < skip_to {
-                continue;
-            }
-            let Some(a) = run_start(hay, dot, DOMAIN_MAX, is_host_run) else {
-                skip_to = hay[dot..]
-                    .iter()
-                    .position(|&b| !is_host_run(b))
-                    .map_or(hay.len(), |p| dot + p);
-                continue;
-            };
-            let Some(b) = run_end(hay, dot, DOMAIN_MAX, is_host_run) else {
-                skip_to = hay[dot..]
-                    .iter()
-                    .position(|&b| !is_host_run(b))
-                    .map_or(hay.len(), |p| dot + p);
-                continue;
-            };
-            skip_to = b;
-            if a < resolved || a >= limit || b - a > DOMAIN_MAX {
-                continue;
-            }
-            let (s, e) = trim(hay, a, b, b".-");
-            if is_ipv4(&hay[s..e]) {
-                out.push((Kind::Ipv4, s, e));
-            } else if is_domain(&hay[s..e]) {
-                out.push((Kind::Domain, s, e));
-            }
+        scan_dotted_runs(hay, resolved, limit, out);
+        scan_emails(hay, resolved, limit, out);
+        scan_urls(hay, resolved, limit, out);
+        scan_ipv6(hay, resolved, limit, out);
+    }
+}
+
+/// Domains and IPv4 addresses: runs of host bytes holding a dot.
+fn scan_dotted_runs(hay: &[u8], resolved: usize, limit: usize, out: &mut Vec<(Kind, usize, usize)>) {
+    // Every dot of a run finds the same run, so the rest of it is skipped.
+    let mut skip_to = 0;
+    for dot in memchr_iter(b'.', &hay[resolved..]).map(|i| i + resolved) {
+        if dot < skip_to {
+            continue;
         }
-        // E-mail addresses.
-        for at in memchr_iter(b'@', searched).map(|i| i + resolved) {
-            let Some(a) = run_start(hay, at, LOCAL_MAX, is_local) else {
-                continue;
-            };
-            let Some(b) = run_end(hay, at + 1, DOMAIN_MAX, is_host_run) else {
-                continue;
-            };
-            // Decided by the untrimmed run start, which every window sees the same.
-            if a < resolved || a >= limit {
-                continue;
-            }
-            let (s, _) = trim(hay, a, at, b".");
-            let (ds, de) = trim(hay, at + 1, b, b".-");
-            if s >= at || ds != at + 1 || !is_domain(&hay[ds..de]) || in_url_userinfo(hay, s) {
-                continue;
-            }
-            out.push((Kind::Email, s, de));
+        let (Some(a), Some(b)) = (
+            run_start(hay, dot, DOMAIN_MAX, is_host_run),
+            run_end(hay, dot, DOMAIN_MAX, is_host_run),
+        ) else {
+            // Too long to be a host: skip the rest of the run.
+            skip_to = hay[dot..]
+                .iter()
+                .position(|&b| !is_host_run(b))
+                .map_or(hay.len(), |p| dot + p);
+            continue;
+        };
+        skip_to = b;
+        if a < resolved || a >= limit || b - a > DOMAIN_MAX {
+            continue;
         }
-        // URLs.
-        for sep in memmem::find_iter(searched, b"://").map(|i| i + resolved) {
-            let Some(a) = run_start(hay, sep, 6, |b| b.is_ascii_alphabetic()) else {
-                continue;
-            };
-            let scheme = hay[a..sep].to_ascii_lowercase();
-            if !SCHEMES.iter().any(|s| s.as_bytes() == scheme.as_slice())
-                || (a > 0 && (hay[a - 1].is_ascii_alphanumeric() || b"+.-".contains(&hay[a - 1])))
-                || a < resolved
-                || a >= limit
-            {
-                continue;
-            }
-            let Some(b) = run_end(hay, sep + 3, URL_MAX - (sep + 3 - a), is_url_char) else {
-                continue;
-            };
-            let (_, e) = trim(hay, sep + 3, b, b".,;:!?)'\"]}>*");
-            if e > sep + 3 && valid_url_host(url_host(&hay[sep + 3..e])) {
-                out.push((Kind::Url, a, e));
-            }
-        }
-        // IPv6.
-        let mut skip_to = 0;
-        for colon in memchr_iter(b':', searched).map(|i| i + resolved) {
-            if colon < skip_to {
-                continue;
-            }
-            let (Some(a), Some(b)) = (
-                run_start(hay, colon, V6_MAX, is_v6_char),
-                run_end(hay, colon, V6_MAX, is_v6_char),
-            ) else {
-                continue;
-            };
-            skip_to = b;
-            if a < resolved || a >= limit {
-                continue;
-            }
-            let before_ok = a == 0 || !(hay[a - 1].is_ascii_alphanumeric() || b".:".contains(&hay[a - 1]));
-            let after_ok = b == hay.len() || !(hay[b].is_ascii_alphanumeric() || hay[b] == b'.');
-            let text = &hay[a..b];
-            let colons = text.iter().filter(|&&c| c == b':').count();
-            let digits = text.len() - colons;
-            let shaped = memmem::find(text, b"::").is_some() || colons == 7;
-            if before_ok
-                && after_ok
-                && shaped
-                && colons >= 2
-                && digits >= 5
-                && std::str::from_utf8(text).is_ok_and(|t| t.parse::<Ipv6Addr>().is_ok())
-            {
-                out.push((Kind::Ipv6, a, b));
-            }
+        let (s, e) = trim(hay, a, b, b".-");
+        if is_ipv4(&hay[s..e]) {
+            out.push((Kind::Ipv4, s, e));
+        } else if is_domain(&hay[s..e]) {
+            out.push((Kind::Domain, s, e));
         }
     }
+}
+
+/// E-mail addresses: a local part and a domain around each `@`.
+fn scan_emails(hay: &[u8], resolved: usize, limit: usize, out: &mut Vec<(Kind, usize, usize)>) {
+    for at in memchr_iter(b'@', &hay[resolved..]).map(|i| i + resolved) {
+        let Some(a) = run_start(hay, at, LOCAL_MAX, is_local) else {
+            continue;
+        };
+        let Some(b) = run_end(hay, at + 1, DOMAIN_MAX, is_host_run) else {
+            continue;
+        };
+        // Decided by the untrimmed run start, which every window sees the same.
+        if a < resolved || a >= limit {
+            continue;
+        }
+        let (s, _) = trim(hay, a, at, b".");
+        let (ds, de) = trim(hay, at + 1, b, b".-");
+        if s >= at || ds != at + 1 || !is_domain(&hay[ds..de]) || in_url_userinfo(hay, s) {
+            continue;
+        }
+        out.push((Kind::Email, s, de));
+    }
+}
+
+/// URLs: a known scheme before each `://` and a valid host after it.
+fn scan_urls(hay: &[u8], resolved: usize, limit: usize, out: &mut Vec<(Kind, usize, usize)>) {
+    for sep in memmem::find_iter(&hay[resolved..], b"://").map(|i| i + resolved) {
+        let Some(a) = run_start(hay, sep, 6, |b| b.is_ascii_alphabetic()) else {
+            continue;
+        };
+        if !is_known_scheme(hay, a, sep) || a < resolved || a >= limit {
+            continue;
+        }
+        let Some(b) = run_end(hay, sep + 3, URL_MAX - (sep + 3 - a), is_url_char) else {
+            continue;
+        };
+        let (_, e) = trim(hay, sep + 3, b, b".,;:!?)'\"]}>*");
+        if e > sep + 3 && valid_url_host(url_host(&hay[sep + 3..e])) {
+            out.push((Kind::Url, a, e));
+        }
+    }
+}
+
+/// Whether `hay[a..sep]` is one of [`SCHEMES`] standing on its own, not the tail of a longer
+/// token such as `git+https://`.
+fn is_known_scheme(hay: &[u8], a: usize, sep: usize) -> bool {
+    let scheme = hay[a..sep].to_ascii_lowercase();
+    SCHEMES.iter().any(|s| s.as_bytes() == scheme.as_slice())
+        && !(a > 0 && (hay[a - 1].is_ascii_alphanumeric() || b"+.-".contains(&hay[a - 1])))
+}
+
+/// IPv6 addresses: runs of hex digits and colons that parse as one.
+fn scan_ipv6(hay: &[u8], resolved: usize, limit: usize, out: &mut Vec<(Kind, usize, usize)>) {
+    // Every colon of a run finds the same run, so the rest of it is skipped.
+    let mut skip_to = 0;
+    for colon in memchr_iter(b':', &hay[resolved..]).map(|i| i + resolved) {
+        if colon < skip_to {
+            continue;
+        }
+        let (Some(a), Some(b)) = (
+            run_start(hay, colon, V6_MAX, is_v6_char),
+            run_end(hay, colon, V6_MAX, is_v6_char),
+        ) else {
+            continue;
+        };
+        skip_to = b;
+        if a < resolved || a >= limit {
+            continue;
+        }
+        if is_ipv6_at(hay, a, b) {
+            out.push((Kind::Ipv6, a, b));
+        }
+    }
+}
+
+/// Whether the run `hay[a..b]` is a delimited IPv6 address. Besides parsing, it must hold `::`
+/// or eight groups and at least five hex digits, so short colon runs like `::1` are not reported.
+fn is_ipv6_at(hay: &[u8], a: usize, b: usize) -> bool {
+    let before_ok = a == 0 || !(hay[a - 1].is_ascii_alphanumeric() || b".:".contains(&hay[a - 1]));
+    let after_ok = b == hay.len() || !(hay[b].is_ascii_alphanumeric() || hay[b] == b'.');
+    let text = &hay[a..b];
+    let colons = text.iter().filter(|&&c| c == b':').count();
+    let digits = text.len() - colons;
+    let shaped = memmem::find(text, b"::").is_some() || colons == 7;
+    before_ok
+        && after_ok
+        && shaped
+        && colons >= 2
+        && digits >= 5
+        && std::str::from_utf8(text).is_ok_and(|t| t.parse::<Ipv6Addr>().is_ok())
 }
 
 impl Analyzer for IocsAnalyzer {

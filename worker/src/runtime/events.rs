@@ -288,9 +288,69 @@ fn transactions(
     on_commit: &mut OnCommit,
     batch: &mut Vec<ProgressEvent>,
 ) -> Result<(), EventsError> {
-    let gave_up = || EventsError::Kafka("gave up waiting for Kafka".into());
-    // Retries a transactional call until it works, is fatal, or the publisher is abandoned.
-    let retry = |what: &str, call: &dyn Fn() -> Result<(), KafkaError>| -> Result<(), EventsError> {
+    let txn = Transactions {
+        producer,
+        info,
+        abandon,
+    };
+    txn.retry("init_transactions", || producer.init_transactions(CALL_TIMEOUT))?;
+    loop {
+        // A batch a fence interrupted is sent again before anything new is taken.
+        if batch.is_empty() && !next_batch(rx, abandon, batch)? {
+            return Ok(());
+        }
+        txn.commit_batch(batch)?;
+        if let Some(last) = batch.last() {
+            on_commit(last.seq + 1, last.bytes_processed);
+        }
+        batch.clear();
+    }
+}
+
+fn gave_up() -> EventsError {
+    EventsError::Kafka("gave up waiting for Kafka".into())
+}
+
+/// Waits for the next event, then takes what else is queued, up to [`BATCH`] in all; `false`
+/// when the queue closed instead.
+fn next_batch(
+    rx: &Receiver<ProgressEvent>,
+    abandon: &AtomicBool,
+    batch: &mut Vec<ProgressEvent>,
+) -> Result<bool, EventsError> {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(e) => {
+                batch.push(e);
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if abandon.load(Ordering::SeqCst) {
+                    return Err(gave_up());
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(false),
+        }
+    }
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(e) => batch.push(e),
+            Err(_) => break,
+        }
+    }
+    Ok(true)
+}
+
+/// One producer's transactional calls, retried while Kafka is unavailable.
+struct Transactions<'a> {
+    producer: &'a ThreadedProducer<DefaultProducerContext>,
+    info: &'a StreamInfo,
+    abandon: &'a AtomicBool,
+}
+
+impl Transactions<'_> {
+    /// Retries a transactional call until it works, is fatal, or the publisher is abandoned.
+    fn retry(&self, what: &str, call: impl Fn() -> Result<(), KafkaError>) -> Result<(), EventsError> {
         loop {
             match call() {
                 Ok(()) => return Ok(()),
@@ -298,71 +358,58 @@ fn transactions(
                     if let Some(fatal) = is_fatal(&e) {
                         return Err(EventsError::Fenced(fatal));
                     }
-                    if abandon.load(Ordering::SeqCst) {
+                    if self.abandon.load(Ordering::SeqCst) {
                         return Err(gave_up());
                     }
-                    tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka {what} failed; retrying");
+                    tracing::warn!(analyze_id = %self.info.analyze_id, error = %e, "kafka {what} failed; retrying");
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
         }
-    };
-    retry("init_transactions", &|| producer.init_transactions(CALL_TIMEOUT))?;
-    loop {
-        if batch.is_empty() {
-            match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(e) => batch.push(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    if abandon.load(Ordering::SeqCst) {
-                        return Err(gave_up());
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
-            }
-        }
-        // One transaction per batch; on an abortable error, abort and send the batch again.
+    }
+
+    /// Sends the batch in one transaction; on an abortable error, aborts and sends it again.
+    fn commit_batch(&self, batch: &[ProgressEvent]) -> Result<(), EventsError> {
+        let (producer, info) = (self.producer, self.info);
         loop {
-            retry("begin_transaction", &|| producer.begin_transaction())?;
-            if let Err(e) = batch.iter().try_for_each(|event| send(producer, info, event, abandon)) {
-                if matches!(e, EventsError::Fenced(_)) || abandon.load(Ordering::SeqCst) {
+            self.retry("begin_transaction", || producer.begin_transaction())?;
+            if let Err(e) = batch
+                .iter()
+                .try_for_each(|event| send(producer, info, event, self.abandon))
+            {
+                if matches!(e, EventsError::Fenced(_)) || self.abandon.load(Ordering::SeqCst) {
                     return Err(e);
                 }
                 tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka send failed; aborting the transaction and sending again");
-                retry("abort_transaction", &|| producer.abort_transaction(CALL_TIMEOUT))?;
+                self.retry("abort_transaction", || producer.abort_transaction(CALL_TIMEOUT))?;
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            match producer.commit_transaction(CALL_TIMEOUT) {
-                Ok(()) => break,
-                Err(e) => {
-                    if let Some(fatal) = is_fatal(&e) {
-                        return Err(EventsError::Fenced(fatal));
-                    }
-                    if requires_abort(&e) {
-                        tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka transaction aborted; sending the batch again");
-                        retry("abort_transaction", &|| producer.abort_transaction(CALL_TIMEOUT))?;
-                        continue;
-                    }
-                    // Retriable (e.g. a timeout while brokers are down): commit again.
-                    tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka commit failed; retrying");
-                    retry("commit_transaction", &|| producer.commit_transaction(CALL_TIMEOUT))?;
-                    break;
-                }
+            if self.commit()? {
+                return Ok(());
             }
         }
-        if let Some(last) = batch.last() {
-            on_commit(last.seq + 1, last.bytes_processed);
-        }
-        batch.clear();
     }
-    Ok(())
+
+    /// Commits the open transaction; `false` when Kafka aborted it and the batch must be sent again.
+    fn commit(&self) -> Result<bool, EventsError> {
+        let (producer, info) = (self.producer, self.info);
+        let Err(e) = producer.commit_transaction(CALL_TIMEOUT) else {
+            return Ok(true);
+        };
+        if let Some(fatal) = is_fatal(&e) {
+            return Err(EventsError::Fenced(fatal));
+        }
+        if requires_abort(&e) {
+            tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka transaction aborted; sending the batch again");
+            self.retry("abort_transaction", || producer.abort_transaction(CALL_TIMEOUT))?;
+            return Ok(false);
+        }
+        // Retriable (e.g. a timeout while brokers are down): commit again.
+        tracing::warn!(analyze_id = %info.analyze_id, error = %e, "kafka commit failed; retrying");
+        self.retry("commit_transaction", || producer.commit_transaction(CALL_TIMEOUT))?;
+        Ok(true)
+    }
 }
 
 fn send(
@@ -388,7 +435,7 @@ fn send(
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 if abandon.load(Ordering::SeqCst) {
-                    return Err(EventsError::Kafka("gave up waiting for Kafka".into()));
+                    return Err(gave_up());
                 }
                 record = r;
                 std::thread::sleep(Duration::from_millis(50));

@@ -11,11 +11,10 @@ use kube::{Api, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::ClientConfig;
+use streamscan_api::event::EventSequence;
 use streamscan_api::names::{ANNOTATION_TRACEPARENT, reason};
 use streamscan_api::trace::TraceParent;
-use streamscan_api::{
-    AnalysisJob, AnalyzerName, EVENT_VERSION, EventStatus, ExecutionState, ProgressEvent, ResultSummary, Source,
-};
+use streamscan_api::{AnalysisJob, AnalyzerName, EventStatus, ExecutionState, ProgressEvent, ResultSummary, Source};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +25,7 @@ use super::events::{
 use super::lifecycle::{self, ScanEnd};
 use super::sources::{self, Opened, SourceError, Throttled, UploadNotify, UrlOptions};
 use super::status::{Failure, Snapshot, StatusError, StatusWriter, names_attempt, progress_due};
-use super::store::{SavedCheckpoint, Store, StreamState};
+use super::store::{SavedCheckpoint, Store, StoredResult, StreamState};
 use streamscan_engine::analyzers::{AnalyzerConfig, build};
 use streamscan_engine::pipeline::{CancelToken, Checkpoint, EngineError, Hooks, Options, Progress, Scan, ScanResult};
 use streamscan_engine::report::Report;
@@ -164,9 +163,8 @@ impl JobInfo {
 /// Numbers events without gaps and rate-limits PROGRESS.
 struct Emitter {
     queue: EventQueue,
-    template: ProgressEvent,
+    events: EventSequence,
     trace: TraceParent,
-    seq: u64,
     /// Bytes of the last event sent (committed before a restart, or sent since).
     last_bytes: u64,
     last_progress: Option<(Instant, Snapshot)>,
@@ -180,20 +178,10 @@ impl Emitter {
         processed: u64,
         edit: impl FnOnce(&mut ProgressEvent),
     ) -> Result<(), EventsError> {
-        let mut event = self.template.clone();
-        event.status = status;
-        event.seq = self.seq;
-        event.bytes_processed = processed;
-        event.timestamp = jiff::Timestamp::now();
-        edit(&mut event);
+        let mut event = self.events.event(status, processed, edit);
         event.traceparent = Some(event_traceparent(&self.trace, &event));
-        if let Some(total) = event.total_bytes
-            && event.bytes_processed > total
-        {
-            event.total_bytes = Some(event.bytes_processed);
-        }
         self.queue.send(event)?;
-        self.seq += 1;
+        self.events.sent();
         self.last_bytes = processed;
         Ok(())
     }
@@ -272,6 +260,10 @@ pub async fn run(shared: Arc<Shared>, job: JobInfo, control: Arc<Control>) {
         attempt = job.attempt.attempt,
         event_id = %job.attempt.event_id,
     );
+    // With trace export on, the attempt is a span in the trace of the request that made the job.
+    if let Some(trace) = &job.trace {
+        streamscan_runtime::telemetry::continue_trace(&span, &trace.to_string());
+    }
     let outcome = tracing::Instrument::instrument(attempt(&shared, &job, &control), span).await;
     shared.metrics.running.dec();
     match outcome {
@@ -285,7 +277,6 @@ pub async fn run(shared: Arc<Shared>, job: JobInfo, control: Arc<Control>) {
 
 fn template(shared: &Shared, job: &JobInfo) -> ProgressEvent {
     ProgressEvent {
-        version: EVENT_VERSION,
         user_id: job.user_id.clone(),
         event_id: job.attempt.event_id.clone(),
         server_id: shared.server_id.clone(),
@@ -293,16 +284,8 @@ fn template(shared: &Shared, job: &JobInfo) -> ProgressEvent {
         namespace: job.namespace.clone(),
         name: job.name.clone(),
         attempt: u32::try_from(job.attempt.attempt).unwrap_or(1),
-        status: EventStatus::Started,
-        seq: 0,
-        bytes_processed: 0,
-        total_bytes: None,
         timestamp: jiff::Timestamp::now(),
-        reason: None,
-        message: None,
-        retriable: None,
-        result: None,
-        traceparent: None,
+        ..ProgressEvent::default()
     }
 }
 
@@ -364,9 +347,8 @@ fn publisher(shared: &Shared, job: &JobInfo) -> Result<(Publisher, Emitter), Eve
     let queue = publisher.queue().ok_or(EventsError::Closed)?;
     let emitter = Emitter {
         queue,
-        template: template(shared, job),
+        events: EventSequence::new(template(shared, job), stream.next_seq),
         trace: attempt_trace(job.trace, &job.attempt.event_id),
-        seq: stream.next_seq,
         last_bytes: stream.last_bytes,
         last_progress: None,
         interval: shared.progress_interval,
@@ -383,7 +365,7 @@ async fn finish_stream(
     edit: impl FnOnce(&mut ProgressEvent) + Send + 'static,
 ) -> Result<(), EventsError> {
     tokio::task::spawn_blocking(move || {
-        if emitter.seq == 0 {
+        if emitter.events.next_seq() == 0 {
             emitter.emit(EventStatus::Started, 0, |_| {})?;
         }
         emitter.emit(status, processed, edit)?;
@@ -544,24 +526,16 @@ async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) ->
     let writer = StatusWriter::new(shared.jobs.clone(), job.name.clone(), job.attempt.clone());
     let checkpoint = shared.store.load_checkpoint(&job.uid, &job.attempt);
     let offset = checkpoint.as_ref().map_or(0, |c| c.offset);
-    match offset {
-        0 => tracing::info!(job = %job.name, attempt = job.attempt.attempt, "starting the analysis"),
-        _ => {
-            tracing::info!(job = %job.name, attempt = job.attempt.attempt, offset, "resuming from checkpoint at byte {offset}")
-        }
-    }
+    log_start(job, offset);
     if let Err(err) = writer.running(checkpoint.as_ref().map(|c| c.offset)).await {
         tracing::warn!(%err, job = %job.name, "cannot write the Running state");
     }
-    let (publisher, mut emitter) = match publisher(shared, job) {
+    let (publisher, emitter) = match publisher(shared, job) {
         Ok(p) => p,
         Err(err) => {
-            let failure = Failure {
-                reason: reason::EVENTS_UNAVAILABLE.into(),
-                message: err.to_string(),
-                retriable: true,
-            };
-            let _ = writer.ended(ExecutionState::Failed, &failure).await;
+            let _ = writer
+                .ended(ExecutionState::Failed, &lifecycle::events_failure(&err))
+                .await;
             return Outcome::Failed;
         }
     };
@@ -575,9 +549,43 @@ async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) ->
     if control.reason() != StopReason::None {
         return stopped(shared, job, &writer, emitter, publisher, control.reason(), offset).await;
     }
+    let Some((result, emitter)) = run_engine(shared, job, control, &writer, checkpoint, opened, emitter).await else {
+        let failure = lifecycle::engine_failure(&EngineError::Panicked);
+        let _ = writer.ended(ExecutionState::Failed, &failure).await;
+        publisher.abandon();
+        return Outcome::Failed;
+    };
+    match lifecycle::scan_end(result, control.reason(), emitter.last_bytes) {
+        ScanEnd::Succeed(result) => succeed(shared, job, &writer, emitter, publisher, result).await,
+        ScanEnd::Stop { why, processed } => stopped(shared, job, &writer, emitter, publisher, why, processed).await,
+        ScanEnd::Fail { failure, processed } => {
+            fail(shared, job, &writer, emitter, publisher, processed, failure).await
+        }
+    }
+}
 
+fn log_start(job: &JobInfo, offset: u64) {
+    match offset {
+        0 => tracing::info!(job = %job.name, attempt = job.attempt.attempt, "starting the analysis"),
+        _ => {
+            tracing::info!(job = %job.name, attempt = job.attempt.attempt, offset, "resuming from checkpoint at byte {offset}")
+        }
+    }
+}
+
+/// Runs the engine on a blocking thread while a progress loop writes its snapshots to the job;
+/// returns its answer and the emitter back, or `None` when the engine thread panicked.
+async fn run_engine(
+    shared: &Arc<Shared>,
+    job: &JobInfo,
+    control: &Arc<Control>,
+    writer: &StatusWriter,
+    checkpoint: Option<Checkpoint>,
+    opened: Opened,
+    mut emitter: Emitter,
+) -> Option<(Result<ScanResult, EngineError>, Emitter)> {
     let (snap_tx, snap_rx) = watch::channel(Snapshot {
-        processed: offset,
+        processed: checkpoint.as_ref().map_or(0, |c| c.offset),
         total: opened.total,
         rate: 0,
         checkpoint: checkpoint.as_ref().map(|c| c.offset),
@@ -588,43 +596,27 @@ async fn attempt(shared: &Arc<Shared>, job: &JobInfo, control: &Arc<Control>) ->
         shared.progress_interval,
     ));
     let names = selected(job, shared);
-    let blocking = {
-        let shared = shared.clone();
-        let job = job.clone();
-        let control = control.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = scan(
-                &shared,
-                &job,
-                &control,
-                names,
-                checkpoint,
-                opened,
-                &snap_tx,
-                &mut emitter,
-            );
-            (result, emitter)
-        })
-    };
-    let (result, emitter) = match blocking.await {
-        Ok(r) => r,
-        Err(_) => {
-            progress_task.abort();
-            let failure = lifecycle::engine_failure(&EngineError::Panicked);
-            let _ = writer.ended(ExecutionState::Failed, &failure).await;
-            publisher.abandon();
-            return Outcome::Failed;
-        }
+    let (shared, job, control) = (shared.clone(), job.clone(), control.clone());
+    let blocking = tokio::task::spawn_blocking(move || {
+        let result = scan(
+            &shared,
+            &job,
+            &control,
+            names,
+            checkpoint,
+            opened,
+            &snap_tx,
+            &mut emitter,
+        );
+        (result, emitter)
+    });
+    let Ok(ended) = blocking.await else {
+        progress_task.abort();
+        return None;
     };
     // The sender went with the blocking closure: the progress loop writes its last snapshot and ends.
     let _ = progress_task.await;
-    match lifecycle::scan_end(result, control.reason(), emitter.last_bytes) {
-        ScanEnd::Succeed(result) => succeed(shared, job, &writer, emitter, publisher, result).await,
-        ScanEnd::Stop { why, processed } => stopped(shared, job, &writer, emitter, publisher, why, processed).await,
-        ScanEnd::Fail { failure, processed } => {
-            fail(shared, job, &writer, emitter, publisher, processed, failure).await
-        }
-    }
+    Some(ended)
 }
 
 /// The engine run, on a blocking thread.
@@ -653,7 +645,7 @@ fn scan(
         Some(c) => Scan::resume(analyzers, options, c)?,
         None => Scan::new(analyzers, options)?,
     };
-    if emitter.seq == 0 {
+    if emitter.events.next_seq() == 0 {
         let total = opened.total;
         if emitter
             .emit(EventStatus::Started, 0, |e| e.total_bytes = total)
@@ -714,39 +706,10 @@ async fn succeed(
     result: ScanResult,
 ) -> Outcome {
     let bytes = result.bytes;
-    let sha = result
-        .summaries
-        .get(&AnalyzerName::Digest)
-        .and_then(|s| s.get("sha256"))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    if let Some(expected) = job.source.expected_sha256()
-        && sha.as_deref().is_none_or(|got| !got.eq_ignore_ascii_case(expected))
-    {
-        let failure = Failure {
-            reason: reason::DIGEST_MISMATCH.into(),
-            message: format!(
-                "the file's SHA-256 is {}, the job expects {expected}",
-                sha.as_deref().unwrap_or("unknown")
-            ),
-            retriable: false,
-        };
+    if let Some(failure) = lifecycle::digest_mismatch(job.source.expected_sha256(), result_sha256(&result)) {
         return fail(shared, job, writer, emitter, publisher, bytes, failure).await;
     }
-    let source = match (&job.source.url, &job.source.volume, &job.source.upload) {
-        (Some(u), _, _) => streamscan_api::redact::url(&u.location).into_owned(),
-        (_, Some(v), _) => v.path.clone(),
-        (_, _, Some(u)) => u.file_name.clone().unwrap_or_else(|| "upload".into()),
-        _ => String::new(),
-    };
-    let report = Report::new(result, source, jiff::Timestamp::now(), DEFAULT_FINDING_CAP);
-    let store = shared.store.clone();
-    let uid = job.uid.clone();
-    let stored = tokio::task::spawn_blocking(move || store.write_result(&uid, &report).map(|s| (s, report)))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    let (stored, report) = match stored {
+    let (stored, report) = match store_result(shared, job, result).await {
         Ok(s) => s,
         Err(message) => {
             let failure = Failure {
@@ -781,6 +744,49 @@ async fn succeed(
         Err(err @ StatusError::Stale { .. }) => return superseded(shared, job, &err),
         Err(err) => tracing::warn!(%err, job = %job.name, "cannot write the result summary"),
     }
+    delete_work(shared, job);
+    tracing::info!(job = %job.name, bytes, digest = %summary.report_digest, "analysis succeeded");
+    Outcome::Succeeded
+}
+
+/// The SHA-256 the digest analyzer computed, if it ran.
+fn result_sha256(result: &ScanResult) -> Option<&str> {
+    result
+        .summaries
+        .get(&AnalyzerName::Digest)
+        .and_then(|s| s.get("sha256"))
+        .and_then(|v| v.as_str())
+}
+
+/// What the report says it analysed: the url (credentials redacted), the volume path, or the
+/// uploaded file's name.
+fn source_label(source: &Source) -> String {
+    match (&source.url, &source.volume, &source.upload) {
+        (Some(u), _, _) => streamscan_api::redact::url(&u.location).into_owned(),
+        (_, Some(v), _) => v.path.clone(),
+        (_, _, Some(u)) => u.file_name.clone().unwrap_or_else(|| "upload".into()),
+        _ => String::new(),
+    }
+}
+
+/// Writes the report to the store (on a blocking thread); the error is the failure's message.
+async fn store_result(shared: &Shared, job: &JobInfo, result: ScanResult) -> Result<(StoredResult, Report), String> {
+    let report = Report::new(
+        result,
+        source_label(&job.source),
+        jiff::Timestamp::now(),
+        DEFAULT_FINDING_CAP,
+    );
+    let store = shared.store.clone();
+    let uid = job.uid.clone();
+    tokio::task::spawn_blocking(move || store.write_result(&uid, &report).map(|s| (s, report)))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
+/// Deletes what only this attempt needed, now that the result is stored and reported.
+fn delete_work(shared: &Shared, job: &JobInfo) {
     if let Err(err) = shared.store.clear_work(&job.uid) {
         tracing::warn!(%err, job = %job.name, "cannot delete the checkpoint");
     }
@@ -788,8 +794,6 @@ async fn succeed(
     if let Err(err) = shared.store.delete_upload(&job.uid) {
         tracing::warn!(%err, job = %job.name, "cannot delete the uploaded file");
     }
-    tracing::info!(job = %job.name, bytes, digest = %summary.report_digest, "analysis succeeded");
-    Outcome::Succeeded
 }
 
 /// A newer attempt owns the job: this one's result and work are discarded, nothing is reported.

@@ -2,6 +2,7 @@
 //! streaming uploads, and the probes and metrics every binary serves (`streamscan_runtime::ops`).
 //! Everything but the probes and metrics needs the internal bearer token.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -125,67 +126,17 @@ async fn receive_upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Ok(path) = state.store.upload_path(&id) else {
-        return error(StatusCode::BAD_REQUEST, "invalid analyzeId");
+    let path = match upload_target(&state.store, &id) {
+        Ok(path) => path,
+        Err((status, message)) => return error(status, message),
     };
-    if path.exists() {
-        return error(StatusCode::CONFLICT, "this job's file was already uploaded");
-    }
-    // Its upload was analysed and deleted: another would only fill the disk.
-    if state.store.has_result(&id).unwrap_or(false) {
-        return error(StatusCode::CONFLICT, "this job was already analysed");
-    }
-    let expected = headers
-        .get(HEADER_UPLOAD_SHA256)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
+    let expected = expected_sha256(&headers);
     let tmp = path.with_extension("part");
-    let mut file = match tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .await
-    {
+    let mut file = match create_part(&tmp).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return error(StatusCode::CONFLICT, "an upload of this job's file is in progress");
-        }
-        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(response) => return response,
     };
-    let outcome = async {
-        let mut hash = Sha256::new();
-        let mut bytes = 0u64;
-        let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
-            bytes += chunk.len() as u64;
-            if bytes > state.max_upload {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the upload exceeds the limit of {} bytes", state.max_upload),
-                ));
-            }
-            hash.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let digest = hex::encode(&hash.finalize());
-        if let Some(expected) = expected
-            && expected != digest
-        {
-            return Err(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the upload's SHA-256 is {digest}, the request said {expected}"),
-            ));
-        }
-        Ok((bytes, digest))
-    }
-    .await;
-    match outcome {
+    match write_upload(&mut file, body, state.max_upload, expected).await {
         Ok((bytes, digest)) => {
             if let Err(err) = tokio::fs::rename(&tmp, &path).await {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
@@ -202,4 +153,85 @@ async fn receive_upload(
             response
         }
     }
+}
+
+/// Where job `id`'s upload goes, unless the id is invalid or the job needs no upload any more
+/// (the refusal's status and message then).
+fn upload_target(store: &Store, id: &str) -> Result<PathBuf, (StatusCode, &'static str)> {
+    let Ok(path) = store.upload_path(id) else {
+        return Err((StatusCode::BAD_REQUEST, "invalid analyzeId"));
+    };
+    if path.exists() {
+        return Err((StatusCode::CONFLICT, "this job's file was already uploaded"));
+    }
+    // Its upload was analysed and deleted: another would only fill the disk.
+    if store.has_result(id).unwrap_or(false) {
+        return Err((StatusCode::CONFLICT, "this job was already analysed"));
+    }
+    Ok(path)
+}
+
+/// The SHA-256 the client says the upload has, if it says one.
+fn expected_sha256(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(HEADER_UPLOAD_SHA256)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+}
+
+/// Creates the file the upload is written to until complete; only one upload of a job at a time.
+async fn create_part(tmp: &std::path::Path) -> Result<tokio::fs::File, Response> {
+    match tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .await
+    {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(error(
+            StatusCode::CONFLICT,
+            "an upload of this job's file is in progress",
+        )),
+        Err(err) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
+    }
+}
+
+/// Writes the body to `file` and syncs it, checking its size against `max` as it comes and its
+/// SHA-256 against `expected` at the end; returns its size and SHA-256.
+async fn write_upload(
+    file: &mut tokio::fs::File,
+    body: Body,
+    max: u64,
+    expected: Option<String>,
+) -> Result<(u64, String), Response> {
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")))?;
+        bytes += chunk.len() as u64;
+        if bytes > max {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the upload exceeds the limit of {max} bytes"),
+            ));
+        }
+        hash.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let digest = hex::encode(&hash.finalize());
+    if let Some(expected) = expected
+        && expected != digest
+    {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the upload's SHA-256 is {digest}, the request said {expected}"),
+        ));
+    }
+    Ok((bytes, digest))
 }

@@ -4,6 +4,7 @@
 
 use streamscan_api::names::reason;
 
+use super::events::EventsError;
 use super::sources::SourceError;
 use super::status::Failure;
 use streamscan_engine::AnalyzerError;
@@ -48,6 +49,32 @@ pub fn source_failure(e: SourceError) -> Failure {
         message: e.message,
         retriable: e.retriable,
     }
+}
+
+/// The failure of an attempt whose event publisher cannot start: Kafka may be back for a retry.
+pub fn events_failure(e: &EventsError) -> Failure {
+    Failure {
+        reason: reason::EVENTS_UNAVAILABLE.into(),
+        message: e.to_string(),
+        retriable: true,
+    }
+}
+
+/// The failure of a result whose SHA-256 (`got`, `None` when not computed) is not the one the
+/// job expects, if it expects one. A wrong file stays wrong: no retry.
+pub fn digest_mismatch(expected: Option<&str>, got: Option<&str>) -> Option<Failure> {
+    let expected = expected?;
+    if got.is_some_and(|got| got.eq_ignore_ascii_case(expected)) {
+        return None;
+    }
+    Some(Failure {
+        reason: reason::DIGEST_MISMATCH.into(),
+        message: format!(
+            "the file's SHA-256 is {}, the job expects {expected}",
+            got.unwrap_or("unknown")
+        ),
+        retriable: false,
+    })
 }
 
 /// What an engine run that returned leads to.
@@ -144,5 +171,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_digest_mismatch_fails_without_retry() {
+        let expected = "AB12";
+        assert!(digest_mismatch(None, Some("ff")).is_none(), "nothing expected");
+        assert!(
+            digest_mismatch(Some(expected), Some("ab12")).is_none(),
+            "case does not matter"
+        );
+        let wrong = digest_mismatch(Some(expected), Some("ff")).map(|f| (f.reason, f.message, f.retriable));
+        assert_eq!(
+            wrong,
+            Some((
+                reason::DIGEST_MISMATCH.to_owned(),
+                "the file's SHA-256 is ff, the job expects AB12".to_owned(),
+                false
+            ))
+        );
+        let unknown = digest_mismatch(Some(expected), None).map(|f| f.message);
+        assert_eq!(
+            unknown.as_deref(),
+            Some("the file's SHA-256 is unknown, the job expects AB12")
+        );
     }
 }

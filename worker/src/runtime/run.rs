@@ -1,18 +1,23 @@
 //! Wiring of `serve`: configuration, the HTTP service, the job watch, and SIGTERM.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kube::Api;
 use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
+use streamscan_api::AnalysisJob;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::args::ServeArgs;
 use super::egress::Egress;
 use super::executor::{Metrics, Shared};
 use super::http::{self, HttpState};
-use super::sources;
+use super::sources::{self, UploadNotify};
 use super::store::Store;
 use super::watch::Runner;
 use super::{shutdown, telemetry};
@@ -38,7 +43,8 @@ async fn label_own_pod(client: &kube::Client, namespace: &str, pod: &str, server
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    telemetry::init(args.log_format);
+    // Held until the runtime is gone: dropping it flushes the trace export.
+    let _telemetry = telemetry::init(args.log_format, "streamscan-worker");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,15 +53,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    if args.server_id.is_empty() {
-        bail!("--server-id (STREAMSCAN_SERVER_ID) must not be empty");
-    }
-    if args.capacity == 0 {
-        bail!("--capacity must be at least 1");
-    }
-    if args.chunk_size == 0 {
-        bail!("--chunk-size must be positive");
-    }
+    check_args(&args)?;
     let token = streamscan_runtime::token::read(&args.internal_token_file)?;
     let store = Store::open(&args.data_dir)
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
@@ -75,33 +73,93 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
 
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("binding {}", args.http_addr))?;
-    let bound = listener.local_addr().context("reading the bound address")?;
-    let app = http::router(HttpState {
-        store: store.clone(),
-        token: Arc::new(token),
-        registry: Arc::new(registry),
-        ready: ready.clone(),
-        uploads: uploads.clone(),
-        max_upload: args.max_upload_bytes,
-    });
-    let http_stop = tokio_util::sync::CancellationToken::new();
-    let http_task = {
-        let stop = http_stop.clone();
-        tokio::spawn(streamscan_runtime::serve::serve(listener, app, stop))
-    };
-    tracing::info!(server_id = %args.server_id, namespace = %args.namespace, http = %bound, capacity = args.capacity, "worker serving");
+    let http = HttpService::start(
+        args.http_addr,
+        HttpState {
+            store: store.clone(),
+            token: Arc::new(token),
+            registry: Arc::new(registry),
+            ready: ready.clone(),
+            uploads: uploads.clone(),
+            max_upload: args.max_upload_bytes,
+        },
+    )
+    .await?;
+    tracing::info!(server_id = %args.server_id, namespace = %args.namespace, http = %http.addr, capacity = args.capacity, "worker serving");
 
+    let shared = Arc::new(shared(&args, store, jobs.clone(), kafka, uploads, metrics)?);
+    // Returns after SIGTERM once every attempt stopped and flushed (each bounded by the grace
+    // period); downloads keep being served until then.
+    Runner::new(shared).run(jobs, ready, shutdown).await;
+    http.stop().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The checks clap cannot make on the flags.
+fn check_args(args: &ServeArgs) -> Result<()> {
+    if args.server_id.is_empty() {
+        bail!("--server-id (STREAMSCAN_SERVER_ID) must not be empty");
+    }
+    if args.capacity == 0 {
+        bail!("--capacity must be at least 1");
+    }
+    if args.chunk_size == 0 {
+        bail!("--chunk-size must be positive");
+    }
+    Ok(())
+}
+
+/// The HTTP service, running in its own task.
+struct HttpService {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HttpService {
+    async fn start(addr: SocketAddr, state: HttpState) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(streamscan_runtime::serve::serve(
+            listener,
+            http::router(state),
+            stop.clone(),
+        ));
+        Ok(HttpService {
+            addr: bound,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops serving, giving open requests a few seconds to end.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// What every attempt shares, from the flags and the clients `serve` opened.
+fn shared(
+    args: &ServeArgs,
+    store: Store,
+    jobs: Api<AnalysisJob>,
+    kafka: ClientConfig,
+    uploads: UploadNotify,
+    metrics: Metrics,
+) -> Result<Shared> {
     let egress = Arc::new(Egress::new(
         args.egress_allow_cidr.clone(),
         args.egress_allow_host.clone(),
     ));
-    let shared = Arc::new(Shared {
+    Ok(Shared {
         server_id: args.server_id.clone(),
         store,
-        jobs: jobs.clone(),
+        jobs,
         kafka,
         topic: args.kafka.kafka_topic.clone(),
         http: sources::http_client(egress.clone()).context("building the HTTP client")?,
@@ -124,12 +182,5 @@ async fn serve(args: ServeArgs) -> Result<()> {
         stall_window: Duration::from_secs(args.source_stall_seconds),
         stall_min_bytes: args.source_stall_min_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
-    });
-    // Returns after SIGTERM once every attempt stopped and flushed (each bounded by the grace
-    // period); downloads keep being served until then.
-    Runner::new(shared).run(jobs, ready, shutdown).await;
-    http_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
-    tracing::info!("worker stopped");
-    Ok(())
+    })
 }
