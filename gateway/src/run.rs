@@ -2,7 +2,6 @@
 //! API, probes and metrics.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -10,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use kube::Client;
 use prometheus_client::registry::Registry;
-use streamscan_api::names::DEFAULT_WORKER_SELECTOR;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, AuthArgs};
@@ -22,6 +20,7 @@ use crate::kafka::{self, GatewayKafkaArgs, Ingest};
 use crate::metrics::Metrics;
 use streamscan_runtime::ops::{self, Readiness};
 use streamscan_runtime::shutdown;
+use streamscan_runtime::workers::WorkerPodArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GatewayArgs {
@@ -53,19 +52,8 @@ pub struct GatewayArgs {
     /// Namespace of created jobs when the request names none.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub default_namespace: String,
-    /// Label selector of the worker pods.
-    #[arg(long, env = "STREAMSCAN_WORKER_SELECTOR", default_value = DEFAULT_WORKER_SELECTOR)]
-    pub worker_selector: String,
-    /// Namespace of the worker pods (default: all namespaces).
-    #[arg(long, env = "STREAMSCAN_WORKER_NAMESPACE")]
-    pub worker_namespace: Option<String>,
-    /// Name of the worker StatefulSet: only its pods get traffic and the internal token (default:
-    /// any StatefulSet's pods named `<statefulset>-<serverId>`).
-    #[arg(long, env = "STREAMSCAN_WORKER_STATEFULSET")]
-    pub worker_statefulset: Option<String>,
-    /// File holding the workers' internal bearer token (mounted Secret).
-    #[arg(long, env = "STREAMSCAN_WORKER_TOKEN_FILE")]
-    pub worker_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub workers: WorkerPodArgs,
     /// Seconds between heartbeats (WebSocket ping, SSE comment); a WebSocket silent for three
     /// heartbeats is closed.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
@@ -116,7 +104,7 @@ pub async fn run_until(args: GatewayArgs, shutdown: CancellationToken) -> Result
 
     let auth = Auth::from_args(&args.auth).context("configuring JWT authentication")?;
     let client = streamscan_runtime::kube::client().await?;
-    let worker_token = streamscan_runtime::token::read_optional(args.worker_token_file.as_deref())?;
+    let worker_token = streamscan_runtime::token::read_optional(args.workers.worker_token_file.as_deref())?;
     let identity = replica_identity(&args);
     let history = open_history(&args)?;
     let consumer = kafka_consumer(&args, &identity, &metrics)?;
@@ -205,9 +193,9 @@ fn settings(args: &GatewayArgs) -> Settings {
     Settings {
         namespace: args.namespace.clone(),
         default_namespace: args.default_namespace.clone(),
-        worker_selector: args.worker_selector.clone(),
-        worker_namespace: args.worker_namespace.clone(),
-        worker_statefulset: args.worker_statefulset.clone(),
+        worker_selector: args.workers.worker_selector.clone(),
+        worker_namespace: args.workers.worker_namespace.clone(),
+        worker_statefulset: args.workers.worker_statefulset.clone(),
         heartbeat: Duration::from_secs(args.heartbeat_seconds),
         max_body_bytes: args.max_body_bytes,
         max_header_bytes: args.max_header_bytes,

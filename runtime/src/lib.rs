@@ -11,3 +11,4 @@ pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;
+pub mod workers;

@@ -29,63 +29,27 @@ struct Component {
     packages: &'static [&'static str],
 }
 
+impl Component {
+    const fn new(name: &'static str, packages: &'static [&'static str]) -> Self {
+        Component { name, packages }
+    }
+}
+
 const COMPONENTS: &[Component] = &[
-    Component {
-        name: "OpenSSL",
-        packages: &["openssl"],
-    },
-    Component {
-        name: "BusyBox",
-        packages: &["busybox"],
-    },
-    Component {
-        name: "zlib",
-        packages: &["zlib", "zlib1g"],
-    },
-    Component {
-        name: "curl",
-        packages: &["curl", "libcurl"],
-    },
-    Component {
-        name: "libpng",
-        packages: &["libpng", "libpng1.6", "libpng12"],
-    },
-    Component {
-        name: "SQLite",
-        packages: &["sqlite", "sqlite3"],
-    },
-    Component {
-        name: "Linux kernel",
-        packages: &["linux", "kernel", "linux-kernel"],
-    },
-    Component {
-        name: "OpenSSH",
-        packages: &["openssh", "openssh-portable"],
-    },
-    Component {
-        name: "Dropbear",
-        packages: &["dropbear", "dropbear-ssh"],
-    },
-    Component {
-        name: "U-Boot",
-        packages: &["u-boot", "uboot"],
-    },
-    Component {
-        name: "dnsmasq",
-        packages: &["dnsmasq"],
-    },
-    Component {
-        name: "nginx",
-        packages: &["nginx"],
-    },
-    Component {
-        name: "glibc",
-        packages: &["glibc", "eglibc"],
-    },
-    Component {
-        name: "lighttpd",
-        packages: &["lighttpd"],
-    },
+    Component::new("OpenSSL", &["openssl"]),
+    Component::new("BusyBox", &["busybox"]),
+    Component::new("zlib", &["zlib", "zlib1g"]),
+    Component::new("curl", &["curl", "libcurl"]),
+    Component::new("libpng", &["libpng", "libpng1.6", "libpng12"]),
+    Component::new("SQLite", &["sqlite", "sqlite3"]),
+    Component::new("Linux kernel", &["linux", "kernel", "linux-kernel"]),
+    Component::new("OpenSSH", &["openssh", "openssh-portable"]),
+    Component::new("Dropbear", &["dropbear", "dropbear-ssh"]),
+    Component::new("U-Boot", &["u-boot", "uboot"]),
+    Component::new("dnsmasq", &["dnsmasq"]),
+    Component::new("nginx", &["nginx"]),
+    Component::new("glibc", &["glibc", "eglibc"]),
+    Component::new("lighttpd", &["lighttpd"]),
 ];
 
 /// Rules: (component index, spec). The named group `k` is the version.

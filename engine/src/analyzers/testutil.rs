@@ -150,3 +150,22 @@ fn throughput() {
         }
     }
 }
+
+/// Where the `i`-th planted item near `base` goes: on the nearest chunk boundary when one is
+/// close (so items straddle chunks), else at `base`.
+pub fn straddle(base: usize, spacing: usize, chunk: usize) -> usize {
+    let snapped = (base + chunk / 2) / chunk * chunk;
+    if snapped.abs_diff(base) < spacing / 3 {
+        snapped
+    } else {
+        base
+    }
+}
+
+/// Asserts that `analyzer` finds nothing in 8 MiB of random bytes from `seed`.
+pub fn assert_nothing_in_random_data(analyzer: &mut dyn Analyzer, seed: u64) {
+    let data = Rng::new(seed).bytes(8 << 20);
+    let carry = analyzer.overlap();
+    let (findings, _) = run(analyzer, &data, 1 << 20, carry);
+    assert!(findings.is_empty(), "{findings:?}");
+}

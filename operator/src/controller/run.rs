@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
-use streamscan_api::names::{DEFAULT_WORKER_SELECTOR, LABEL_SERVER_ID, reason};
+use streamscan_api::names::{LABEL_SERVER_ID, reason};
 use streamscan_api::{AnalysisJob, Phase};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,22 +28,15 @@ use super::reconcile::{CleanupSettings, Context, error_policy, forget_vanished, 
 use super::servers::{PodRule, ServerSet};
 use crate::shutdown;
 use streamscan_runtime::ops;
+use streamscan_runtime::workers::WorkerPodArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
     /// Reconcile AnalysisJobs in this namespace only (default: all namespaces).
     #[arg(long, env = "STREAMSCAN_JOB_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Label selector of the worker pods.
-    #[arg(long, env = "STREAMSCAN_WORKER_SELECTOR", default_value = DEFAULT_WORKER_SELECTOR)]
-    pub worker_selector: String,
-    /// Namespace of the worker pods (default: all namespaces).
-    #[arg(long, env = "STREAMSCAN_WORKER_NAMESPACE")]
-    pub worker_namespace: Option<String>,
-    /// Name of the worker StatefulSet: only its pods are servers (default: any StatefulSet's
-    /// pods named `<statefulset>-<serverId>`).
-    #[arg(long, env = "STREAMSCAN_WORKER_STATEFULSET")]
-    pub worker_statefulset: Option<String>,
+    #[command(flatten)]
+    pub workers: WorkerPodArgs,
     /// Concurrent jobs per server, unless its pod's `streamscan.io/capacity` annotation says otherwise.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub capacity: u16,
@@ -67,9 +59,6 @@ pub struct ControllerArgs {
     /// Attempts to delete a deleted job's stored results before giving up with an Event.
     #[arg(long, default_value_t = 5)]
     pub cleanup_attempts: i32,
-    /// File holding the workers' internal bearer token (mounted Secret).
-    #[arg(long, env = "STREAMSCAN_WORKER_TOKEN_FILE")]
-    pub worker_token_file: Option<PathBuf>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub ops_addr: SocketAddr,
@@ -94,7 +83,7 @@ impl ControllerArgs {
         Settings {
             pods: PodRule {
                 default_capacity: usize::from(self.capacity),
-                statefulset: self.worker_statefulset.clone(),
+                statefulset: self.workers.worker_statefulset.clone(),
             },
             not_ready_grace: SignedDuration::from_secs(i64::from(self.not_ready_grace_seconds)),
             cancel_grace: SignedDuration::from_secs(i64::from(self.cancel_grace_seconds)),
@@ -114,7 +103,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     let (ready, ops_task) = ops::start(args.ops_addr, registry, shutdown.clone()).await?;
 
     let client = streamscan_runtime::kube::client().await?;
-    let worker_token = streamscan_runtime::token::read_optional(args.worker_token_file.as_deref())?;
+    let worker_token = streamscan_runtime::token::read_optional(args.workers.worker_token_file.as_deref())?;
     let identity = args
         .identity
         .clone()
@@ -200,14 +189,14 @@ async fn run_controller(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let pods: Api<Pod> = match &args.worker_namespace {
+    let pods: Api<Pod> = match &args.workers.worker_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let (pod_store, pod_writer) = reflector::store();
     let pod_events = reflector::reflector(
         pod_writer,
-        watcher(pods, watcher::Config::default().labels(&args.worker_selector)).default_backoff(),
+        watcher(pods, watcher::Config::default().labels(&args.workers.worker_selector)).default_backoff(),
     )
     .touched_objects();
 

@@ -177,16 +177,35 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
 
-/// Every file of `e2e/fixtures/invalid` is refused by `kubectl apply` with the message its
-/// `# expect:` line names (a two-document file: the first is applied, the second refused).
-pub async fn every_invalid_fixture_is_refused(kubectl: &Kubectl) -> TestResult {
+/// One file of `e2e/fixtures/invalid`: its documents (one to create, or a valid one and an update)
+/// and the message its `# expect:` line says the refusal contains.
+pub struct InvalidFixture {
+    pub path: PathBuf,
+    pub expected: String,
+    pub docs: Vec<Value>,
+}
+
+/// Every file of `e2e/fixtures/invalid`.
+pub fn invalid_fixtures() -> Result<Vec<InvalidFixture>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
     for path in yaml_files(&workspace_root().join("e2e/fixtures/invalid"))? {
         let text = std::fs::read_to_string(&path)?;
         let expected = text
             .lines()
             .find_map(|l| l.strip_prefix("# expect: "))
-            .ok_or("no expect line")?;
+            .ok_or_else(|| format!("{}: no `# expect:` line", path.display()))?
+            .to_owned();
         let docs = documents(&path)?;
+        out.push(InvalidFixture { path, expected, docs });
+    }
+    Ok(out)
+}
+
+/// Every file of `e2e/fixtures/invalid` is refused by `kubectl apply` with the message its
+/// `# expect:` line names (a two-document file: the first is applied, the second refused).
+pub async fn every_invalid_fixture_is_refused(kubectl: &Kubectl) -> TestResult {
+    for InvalidFixture { path, expected, docs } in invalid_fixtures()? {
+        let expected = expected.as_str();
         let refused = match docs.as_slice() {
             [only] => kubectl.write("only.json", only)?,
             [first, second] => {
@@ -206,4 +225,42 @@ pub async fn every_invalid_fixture_is_refused(kubectl: &Kubectl) -> TestResult {
         assert!(output.contains("is invalid"), "{output}");
     }
     Ok(())
+}
+
+/// `kubectl get aj` prints the printer columns, with the sample `firmware-from-url` Running on
+/// server 3 at 40 % (as the callers' status patch set it).
+pub async fn assert_printer_columns(kubectl: &Kubectl) -> TestResult {
+    let table = kubectl.ok(&["get", "aj"]).await?;
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PHASE", "SERVER", "PROGRESS", "AGE"], "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("firmware-from-url"))
+        .ok_or("no row")?;
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..4], ["firmware-from-url", "Running", "3", "40"], "{table}");
+    Ok(())
+}
+
+/// An Events recorder as the controller's, and the Normal `Placed` Event it publishes.
+pub fn placed_event(
+    client: kube::Client,
+    note: &str,
+) -> (kube::runtime::events::Recorder, kube::runtime::events::Event) {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "streamscan-controller".into(),
+            instance: None,
+        },
+    );
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Placed".into(),
+        note: Some(note.into()),
+        action: "Place".into(),
+        secondary: None,
+    };
+    (recorder, event)
 }

@@ -199,13 +199,8 @@ async fn samples_are_accepted_and_invalid_fixtures_refused_with_their_message() 
         .create(&PostParams::default(), &serde_json::from_value(extra)?)
         .await?;
     assert!(stored.data["spec"].get("colour").is_none(), "{:?}", stored.data);
-    for path in yaml_files(&workspace_root().join("e2e/fixtures/invalid"))? {
-        let text = std::fs::read_to_string(&path)?;
-        let expected = text
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .ok_or("no expect line")?;
-        let docs = documents(&path)?;
+    for common::InvalidFixture { path, expected, docs } in common::invalid_fixtures()? {
+        let expected = expected.as_str();
         let refused = match docs.as_slice() {
             [one] => {
                 api.create(&PostParams::default(), &serde_json::from_value(one.clone())?)
@@ -674,26 +669,12 @@ async fn streaming_list_watcher_gets_initial_events_then_changes() -> TestResult
 #[tokio::test]
 async fn event_recorder_creates_then_patches_a_series() -> TestResult {
     use kube::Resource;
-    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let (_sim, client) = start().await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let cm = cms
         .create(&PostParams::default(), &config_map("subject", json!({}))?)
         .await?;
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "streamscan-controller".into(),
-            instance: None,
-        },
-    );
-    let event = Event {
-        type_: EventType::Normal,
-        reason: "Placed".into(),
-        note: Some("on 3".into()),
-        action: "Place".into(),
-        secondary: None,
-    };
+    let (recorder, event) = common::placed_event(client.clone(), "on 3");
     let reference = cm.object_ref(&());
     recorder.publish(&event, &reference).await?;
     recorder.publish(&event, &reference).await?;

@@ -37,15 +37,7 @@ async fn apply_crd_and_samples_then_get_shows_printer_columns() -> TestResult {
         &Patch::Merge(json!({"status": {"phase": "Running", "serverId": "3", "attempt": 1, "progress": {"bytesProcessed": 5, "percent": 40}}})),
     )
     .await?;
-    let table = kubectl.ok(&["get", "aj"]).await?;
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PHASE", "SERVER", "PROGRESS", "AGE"], "{table}");
-    let row = table
-        .lines()
-        .find(|l| l.starts_with("firmware-from-url"))
-        .ok_or("no row")?;
-    let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..4], ["firmware-from-url", "Running", "3", "40"], "{table}");
+    common::assert_printer_columns(&kubectl).await?;
     let wide = kubectl.ok(&["get", "aj", "-o", "wide"]).await?;
     assert!(
         wide.lines().next().unwrap_or_default().contains("USER") && wide.contains("alice"),
@@ -299,7 +291,6 @@ async fn built_in_kinds_apply_twice_with_strategic_merge() -> TestResult {
 #[tokio::test]
 async fn describe_shows_events_a_recorder_published() -> TestResult {
     use kube::Resource;
-    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let (_sim, client, kubectl) = with_crd().await?;
     kubectl
         .ok(&[
@@ -310,20 +301,7 @@ async fn describe_shows_events_a_recorder_published() -> TestResult {
         .await?;
     let jobs: Api<AnalysisJob> = Api::default_namespaced(client.clone());
     let job = jobs.get("firmware-from-url").await?;
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: "streamscan-controller".into(),
-            instance: None,
-        },
-    );
-    let event = Event {
-        type_: EventType::Normal,
-        reason: "Placed".into(),
-        note: Some("pinned to server 3".into()),
-        action: "Place".into(),
-        secondary: None,
-    };
+    let (recorder, event) = common::placed_event(client, "pinned to server 3");
     recorder.publish(&event, &job.object_ref(&())).await?;
     let described = kubectl.ok(&["describe", "aj/firmware-from-url"]).await?;
     assert!(

@@ -63,15 +63,7 @@ async fn samples_apply_and_print_their_columns_and_status_is_a_subresource() -> 
     let status = serde_json::to_value(&job.status)?;
     assert_eq!(status["phase"], "Running");
 
-    let table = kubectl.ok(&["get", "aj"]).await?;
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PHASE", "SERVER", "PROGRESS", "AGE"], "{table}");
-    let row = table
-        .lines()
-        .find(|l| l.starts_with("firmware-from-url"))
-        .ok_or("no row")?;
-    let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..4], ["firmware-from-url", "Running", "3", "40"], "{table}");
+    common::assert_printer_columns(&kubectl).await?;
     assert!(kubectl.ok(&["get", "streamscan"]).await?.contains("archive-upload"));
     Ok(())
 }

@@ -2,7 +2,7 @@ use std::cmp::Ordering;
 
 use super::vulndb::{compare_versions, cvss3_base_score};
 use super::*;
-use crate::analyzers::testutil::{Rng, plant, run, run_resumed};
+use crate::analyzers::testutil::{Rng, assert_nothing_in_random_data, plant, run, run_resumed, straddle};
 
 /// (text planted, offset of the finding within it, component, version, expected vulnerability ids)
 const PLANTED: &[(&str, usize, &str, &str, &[&str])] = &[
@@ -67,12 +67,7 @@ fn planted(seed: u64, len: usize, chunk: usize) -> Vec<u8> {
     let spacing = len / (PLANTED.len() + 1);
     for (i, (text, ..)) in PLANTED.iter().enumerate() {
         let base = (i + 1) * spacing;
-        let snapped = (base + chunk / 2) / chunk * chunk;
-        let boundary = if snapped.abs_diff(base) < spacing / 3 {
-            snapped
-        } else {
-            base
-        };
+        let boundary = straddle(base, spacing, chunk);
         plant(&mut data, boundary.saturating_sub(text.len() / 2 + i), text.as_bytes());
     }
     data
@@ -152,11 +147,7 @@ fn heartbleed_is_reported_with_severity_and_message() {
 
 #[test]
 fn clean_random_data_has_no_components() {
-    let data = Rng::new(3).bytes(8 << 20);
-    let mut a = ComponentsAnalyzer::new(&[]).unwrap();
-    let carry = a.overlap();
-    let (findings, _) = run(&mut a, &data, 1 << 20, carry);
-    assert!(findings.is_empty(), "{findings:?}");
+    assert_nothing_in_random_data(&mut ComponentsAnalyzer::new(&[]).unwrap(), 3);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::analyzers::testutil::{Rng, plant, run, run_resumed};
+use crate::analyzers::testutil::{Rng, plant, run, run_resumed, straddle};
 
 /// Indicators a planted text yields: kind, offset within the text, value.
 type Yields = Vec<(&'static str, usize, &'static str)>;
@@ -53,12 +53,7 @@ fn planted(seed: u64, len: usize, chunk: usize) -> (Vec<u8>, Expected) {
     for i in 0..slots {
         let (text, yields) = &cat[i % cat.len()];
         let base = (i + 1) * spacing;
-        let snapped = (base + chunk / 2) / chunk * chunk;
-        let boundary = if snapped.abs_diff(base) < spacing / 3 {
-            snapped
-        } else {
-            base
-        };
+        let boundary = straddle(base, spacing, chunk);
         let at = boundary.saturating_sub(text.len() / 2 + i % 5).max(1);
         // Spaces around the item separate it from the random neighbours.
         plant(&mut data, at - 1, format!(" {text} ").as_bytes());

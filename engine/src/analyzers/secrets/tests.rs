@@ -1,5 +1,5 @@
 use super::*;
-use crate::analyzers::testutil::{Rng, plant, run, run_resumed};
+use crate::analyzers::testutil::{Rng, assert_nothing_in_random_data, plant, run, run_resumed, straddle};
 
 const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -89,12 +89,7 @@ fn planted(seed: u64, len: usize, chunk: usize, with_pem: bool) -> (Vec<u8>, Vec
     for (i, it) in items.iter().enumerate() {
         let base = (i + 1) * spacing;
         // Straddle a chunk boundary when chunks are coarser than items, shifted a little per item.
-        let snapped = (base + chunk / 2) / chunk * chunk;
-        let boundary = if snapped.abs_diff(base) < spacing / 3 {
-            snapped
-        } else {
-            base
-        };
+        let boundary = straddle(base, spacing, chunk);
         let at = boundary.saturating_sub(it.bytes.len() / 2 + i).max(1);
         assert!(at >= last_end && at + it.bytes.len() < len, "items overlap");
         last_end = at + it.bytes.len();
@@ -166,11 +161,7 @@ fn secrets_are_redacted_in_every_output() {
 
 #[test]
 fn clean_random_data_has_no_secrets() {
-    let data = Rng::new(7).bytes(8 << 20);
-    let mut a = SecretsAnalyzer::new();
-    let carry = a.overlap();
-    let (findings, _) = run(&mut a, &data, 1 << 20, carry);
-    assert!(findings.is_empty(), "{findings:?}");
+    assert_nothing_in_random_data(&mut SecretsAnalyzer::new(), 7);
 }
 
 #[test]
