@@ -34,6 +34,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# worker/tests/cli.rs checks the CycloneDX SBOM against the official 1.5 schema with
+# cyclonedx-python-lib's strict validator (the schema ships in that package).
+if ! python3 -c 'import cyclonedx.validation.json, jsonschema' 2>/dev/null; then
+  echo "installing cyclonedx-python-lib[json-validation] (the SBOM test's schema validator)" >&2
+  pip_install=(python3 -m pip install --quiet --disable-pip-version-check "cyclonedx-python-lib[json-validation]==11.12.0")
+  # Debian's system Python is "externally managed": fall back to --break-system-packages there.
+  "${pip_install[@]}" || "${pip_install[@]}" --break-system-packages
+fi
+
 # kubectl is not a Debian package: the Kubernetes API simulator's tests (e2e/) drive the real binary.
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "error: the tests need kubectl (v1.32 or newer) on PATH, for testing/kube-sim/tests/sim_kubectl.rs" >&2

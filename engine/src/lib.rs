@@ -6,6 +6,7 @@
 
 pub mod analyzers;
 pub mod blake3_tree;
+pub mod cyclonedx;
 pub mod hex;
 pub mod pipeline;
 pub mod report;

@@ -19,7 +19,7 @@ use streamscan_engine::analyzers::{AnalyzerConfig, build, model::ModelConfig};
 use streamscan_engine::pipeline::{CancelToken, EngineError, Hooks, Options, Progress, Scan, ScanResult};
 use streamscan_engine::report::Report;
 use streamscan_engine::sink::DEFAULT_FINDING_CAP;
-use streamscan_engine::{Analyzer, Severity, sarif, text};
+use streamscan_engine::{Analyzer, Severity, cyclonedx, sarif, text};
 
 /// Exit code: no finding at or above `--fail-on`.
 pub const EXIT_CLEAN: u8 = 0;
@@ -34,6 +34,8 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 pub enum Format {
     Json,
     Sarif,
+    /// CycloneDX 1.5 JSON: the components found, their evidence and known vulnerabilities.
+    Cyclonedx,
     Text,
 }
 
@@ -320,6 +322,11 @@ fn render(report: &Report, format: Format) -> Result<Vec<u8>> {
         }
         Format::Sarif => {
             let mut v = serde_json::to_vec_pretty(&sarif::to_sarif(report)).context("encoding the SARIF log")?;
+            v.push(b'\n');
+            v
+        }
+        Format::Cyclonedx => {
+            let mut v = serde_json::to_vec_pretty(&cyclonedx::to_cyclonedx(report)).context("encoding the SBOM")?;
             v.push(b'\n');
             v
         }

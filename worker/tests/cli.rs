@@ -276,3 +276,77 @@ fn quiet_prints_nothing_and_a_pipe_gets_no_progress_bar() -> Result<(), Box<dyn 
     assert!(out.stderr.iter().all(|&b| b != 0x1b), "terminal escapes on a pipe");
     Ok(())
 }
+
+/// `--format cyclonedx` lists the demo firmware's components with their evidence and known
+/// vulnerabilities, is valid CycloneDX 1.5 (the official schema, through cyclonedx-python-lib's
+/// strict validator), and keeps its serial number for the same file.
+#[test]
+fn a_cyclonedx_sbom_lists_the_components_and_is_valid_1_5() -> Result<(), Box<dyn std::error::Error>> {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/fixtures/demo/firmware-demo.bin");
+    let demo = demo.to_string_lossy();
+    let bom_of = || -> Result<(Vec<u8>, serde_json::Value), Box<dyn std::error::Error>> {
+        let out = run(&["scan", &demo, "-q", "--format", "cyclonedx"]);
+        // 1: the demo's vulnerable versions are at or above the default --fail-on (high).
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        let bom = serde_json::from_slice(&out.stdout)?;
+        Ok((out.stdout, bom))
+    };
+    let (raw, bom) = bom_of()?;
+    assert_eq!(
+        (bom["bomFormat"].as_str(), bom["specVersion"].as_str()),
+        (Some("CycloneDX"), Some("1.5"))
+    );
+    let components = bom["components"].as_array().ok_or("components")?;
+    let mut found: Vec<(String, String)> = components
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_owned(),
+                c["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    let expected = [
+        ("BusyBox", "1.21.1"),
+        ("OpenSSH", "7.4"),
+        ("OpenSSL", "1.0.1f"),
+        ("U-Boot", "2016.01"),
+    ];
+    assert_eq!(found, expected.map(|(n, v)| (n.to_owned(), v.to_owned())));
+    for c in components {
+        let location = c["evidence"]["occurrences"][0]["location"].as_str().unwrap_or_default();
+        assert!(location.starts_with("offset 0x"), "{c}");
+    }
+    let refs: Vec<&str> = components.iter().filter_map(|c| c["bom-ref"].as_str()).collect();
+    let vulns = bom["vulnerabilities"].as_array().ok_or("vulnerabilities")?;
+    assert!(!vulns.is_empty(), "the demo's versions have known vulnerabilities");
+    for v in vulns {
+        for a in v["affects"].as_array().ok_or("affects")? {
+            assert!(refs.contains(&a["ref"].as_str().unwrap_or_default()), "{v}");
+        }
+    }
+    assert_eq!(
+        bom_of()?.1["serialNumber"],
+        bom["serialNumber"],
+        "same file, same BOM identity"
+    );
+
+    let mut python = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\n\
+             try:\n    from cyclonedx.validation.json import JsonStrictValidator\n    from cyclonedx.schema import SchemaVersion\n\
+             except ImportError:\n    sys.exit('cyclonedx-python-lib[json-validation] is missing (scripts/test.sh installs it)')\n\
+             err = JsonStrictValidator(SchemaVersion.V1_5).validate_str(sys.stdin.read())\n\
+             sys.exit(str(err) if err else 0)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(python.stdin.as_mut().ok_or("stdin")?, &raw)?;
+    let verdict = python.wait_with_output()?;
+    assert!(verdict.status.success(), "{}", String::from_utf8_lossy(&verdict.stderr));
+    Ok(())
+}
