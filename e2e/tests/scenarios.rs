@@ -192,12 +192,19 @@ async fn capacity_30_jobs() -> Res {
                     }
                 })
             };
-            let mut clients = Vec::new();
+            // All 30 first, so the servers fill however slowly clients connect on a loaded
+            // machine; a client connecting late gets the history replayed, then the live events.
+            let mut names = Vec::new();
             for i in 0..30u64 {
                 let name = format!("load-{i:02}");
                 let source = env.url_source(&format!("load-{i}.bin"), test_file(100 + i, 2 * MIB))?;
                 env.create(&name, "alice", source, &["digest", "entropy"]).await?;
-                clients.push((name.clone(), WsClient::connect(env, &name, "alice").await?));
+                names.push(name);
+            }
+            let mut clients = Vec::new();
+            for name in names {
+                let ws = WsClient::connect(env, &name, "alice").await?;
+                clients.push((name, ws));
             }
             for (name, ws) in &clients {
                 check_job(env, tally, name, Expect::Succeeded, Some(ws)).await?;

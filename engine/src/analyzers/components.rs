@@ -8,6 +8,7 @@
 //! (component, version) with a count and the first offset, in a bounded table, and reported at
 //! `finish`; a finding's severity is that of its most severe vulnerability (`info` when none).
 
+mod nvd;
 pub mod vulndb;
 
 use std::collections::HashMap;
@@ -202,7 +203,8 @@ pub struct ComponentsAnalyzer {
 }
 
 impl ComponentsAnalyzer {
-    /// With the OSV files or directories in `vuln_db`, or the built-in curated set when empty.
+    /// With the OSV or NVD CVE JSON 2.0 files or directories in `vuln_db`, or the built-in curated
+    /// set when empty.
     pub fn new(vuln_db: &[PathBuf]) -> Result<Self, AnalyzerError> {
         let fatal = |message: String| AnalyzerError::Fatal {
             analyzer: AnalyzerName::Components,
@@ -332,7 +334,12 @@ impl Analyzer for ComponentsAnalyzer {
             "components": self.seen.len(),
             "vulnerable": vulnerable,
             "dropped": self.dropped,
-            "database": { "records": self.db.records(), "kept": self.db.len() },
+            "database": {
+                "records": self.db.records(),
+                "kept": self.db.len(),
+                "sources": self.db.sources(),
+                "newestModified": self.db.newest_modified(),
+            },
         }))
     }
 

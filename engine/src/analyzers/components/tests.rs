@@ -237,6 +237,9 @@ fn loads_osv_files_and_directories_and_refuses_bad_json() {
     let v = &f[0].vulnerabilities[0];
     assert_eq!((v.id.as_str(), v.severity), ("GHSA-xxxx-yyyy-zzzz", Severity::Critical));
     assert_eq!(v.aliases, ["CVE-2099-0001"]);
+    let dir_source = format!("osv:{}", dir.path().display());
+    assert_eq!(summary["database"]["sources"], serde_json::json!([dir_source]));
+    assert_eq!(summary["database"]["newestModified"], "2025-01-01T00:00:00Z");
 
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{\"id\": \"CVE-1\", \"affected\": [").unwrap();
@@ -268,4 +271,71 @@ fn built_in_database_is_well_formed() {
     assert_eq!(ids(&["linux"], "5.13.2"), ["CVE-2022-0847"]);
     assert_eq!(ids(&["openssh"], "9.7p1"), ["CVE-2024-6387"]);
     assert!(ids(&["openssh"], "8.4p1").iter().all(|id| id != "CVE-2024-6387"));
+}
+
+/// An NVD CVE JSON 2.0 feed (the API's shape): vulnerable CPE matches with inclusive and
+/// exclusive range ends and exact versions, CVSS v3.1 and v2 severities, the English
+/// description; a non-vulnerable match and an unknown product are ignored.
+#[test]
+fn loads_nvd_cve_json_2_feeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("nvdcve-2.0-2024.json");
+    std::fs::write(
+        &feed,
+        r#"{"resultsPerPage":3,"startIndex":0,"totalResults":3,"format":"NVD_CVE","version":"2.0",
+        "timestamp":"2025-06-01T00:00:00.000","vulnerabilities":[
+        {"cve":{"id":"CVE-2014-0160","sourceIdentifier":"secalert@redhat.com","published":"2014-04-07T22:55:03.893",
+          "lastModified":"2025-04-12T10:46:40.837","vulnStatus":"Analyzed",
+          "descriptions":[{"lang":"es","value":"otro"},{"lang":"en","value":"Heartbleed: TLS heartbeat read overrun."}],
+          "metrics":{"cvssMetricV31":[{"source":"nvd@nist.gov","type":"Primary","cvssData":{"version":"3.1",
+            "vectorString":"CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N","baseScore":7.5,"baseSeverity":"HIGH"}}]},
+          "configurations":[{"nodes":[{"operator":"OR","negate":false,"cpeMatch":[
+            {"vulnerable":true,"criteria":"cpe:2.3:a:openssl:openssl:*:*:*:*:*:*:*:*",
+             "versionStartIncluding":"1.0.1","versionEndExcluding":"1.0.1g","matchCriteriaId":"A"},
+            {"vulnerable":false,"criteria":"cpe:2.3:o:debian:debian_linux:7.0:*:*:*:*:*:*:*","matchCriteriaId":"B"}]}]}]}},
+        {"cve":{"id":"CVE-2016-2147","lastModified":"2024-11-21T02:47:55.000",
+          "descriptions":[{"lang":"en","value":"BusyBox udhcpc integer overflow."}],
+          "metrics":{"cvssMetricV2":[{"source":"nvd@nist.gov","type":"Primary","cvssData":{"version":"2.0","baseScore":7.5},
+            "baseSeverity":"HIGH"}]},
+          "configurations":[{"nodes":[{"operator":"OR","negate":false,"cpeMatch":[
+            {"vulnerable":true,"criteria":"cpe:2.3:a:busybox:busybox:1.21.1:*:*:*:*:*:*:*","matchCriteriaId":"C"}]}]}]}},
+        {"cve":{"id":"CVE-2099-9999","lastModified":"2023-01-01T00:00:00.000",
+          "descriptions":[{"lang":"en","value":"Not ours."}],
+          "configurations":[{"nodes":[{"operator":"OR","negate":false,"cpeMatch":[
+            {"vulnerable":true,"criteria":"cpe:2.3:a:example:frobnicator:*:*:*:*:*:*:*:*","versionEndIncluding":"9"}]}]}]}}
+        ]}"#,
+    )
+    .unwrap();
+    let mut a = ComponentsAnalyzer::new(std::slice::from_ref(&feed)).unwrap();
+    let carry = a.overlap();
+    let input = b"\0OpenSSL 1.0.1f 6 Jan 2014\0BusyBox v1.21.1\0OpenSSL 1.0.1g 7 Apr 2014\0";
+    let (f, summary) = run(&mut a, input, 64, carry);
+    assert_eq!(summary["database"]["records"], 3);
+    assert_eq!(summary["database"]["kept"], 2, "the unknown product is not kept");
+    let feed_source = format!("nvd:{}", feed.display());
+    assert_eq!(summary["database"]["sources"], serde_json::json!([feed_source]));
+    assert_eq!(summary["database"]["newestModified"], "2025-04-12T10:46:40Z");
+    let vulns = |name: &str, version: &str| -> Vec<(String, Severity)> {
+        f.iter()
+            .find(|x| x.component.as_deref() == Some(name) && x.version.as_deref() == Some(version))
+            .map(|x| x.vulnerabilities.iter().map(|v| (v.id.clone(), v.severity)).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        vulns("OpenSSL", "1.0.1f"),
+        [("CVE-2014-0160".to_owned(), Severity::High)]
+    );
+    assert!(vulns("OpenSSL", "1.0.1g").is_empty(), "the range's end is excluded");
+    assert_eq!(
+        vulns("BusyBox", "1.21.1"),
+        [("CVE-2016-2147".to_owned(), Severity::High)]
+    );
+    let heartbleed = f
+        .iter()
+        .flat_map(|x| &x.vulnerabilities)
+        .find(|v| v.id == "CVE-2014-0160");
+    assert_eq!(
+        heartbleed.and_then(|v| v.summary.as_deref()),
+        Some("Heartbleed: TLS heartbeat read overrun.")
+    );
 }

@@ -2,20 +2,25 @@
 //! packages `components` can recognise.
 //!
 //! Read from OSV JSON files (one record, or an array of records, per file) or directories of
-//! them (searched recursively), or the small curated set in `worker/vulndb/` built in. Only
+//! them (searched recursively), or the small curated set in `engine/vulndb/` built in. Only
 //! records affecting a known component are kept, so a full OSV export loads in bounded memory.
 //! Matching: `affected[].package.name` (case-insensitive, any ecosystem) against the
 //! component's names; `versions` lists, and `ranges` of type ECOSYSTEM or SEMVER evaluated per
 //! the OSV spec (`introduced`, `fixed`, `last_affected`, `limit`); GIT ranges are ignored.
 //! Severity: `database_specific.severity` (GHSA style: LOW, MODERATE, HIGH, CRITICAL), the same
 //! under `affected[]`, then a CVSS v3 vector in `severity[]` (base score computed), else medium.
+//!
+//! NVD CVE JSON 2.0 files (the API's answer or a feed) load beside OSV ones ([`super::nvd`]). The
+//! database remembers its sources and its newest record's modification time, which the report
+//! states, so a reader sees how old the data behind "no known vulnerabilities" is.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::nvd::{self, Bounds};
 use crate::{Severity, Vulnerability};
 
 /// The curated demo set, built in.
@@ -59,6 +64,8 @@ struct Osv {
     affected: Vec<Affected>,
     #[serde(default)]
     database_specific: Option<serde_json::Value>,
+    #[serde(default)]
+    modified: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +116,8 @@ struct Entry {
     vuln: usize,
     ranges: Vec<Range>,
     versions: Vec<String>,
+    /// NVD CPE matches.
+    bounds: Vec<Bounds>,
 }
 
 #[derive(Default, Debug)]
@@ -117,6 +126,10 @@ pub struct VulnDb {
     /// Lowercase package name -> entries.
     by_package: HashMap<String, Vec<Entry>>,
     records: usize,
+    /// What was loaded: `built-in`, `osv:<path>`, `nvd:<path>`.
+    sources: Vec<String>,
+    /// The newest record's modification time (`YYYY-MM-DDTHH:MM:SSZ`), when records carry one.
+    newest: Option<String>,
 }
 
 impl VulnDb {
@@ -126,6 +139,7 @@ impl VulnDb {
         for (name, text) in BUILT_IN {
             db.add_text(Path::new(name), text, keep)?;
         }
+        db.sources = vec!["built-in (curated demo set)".into()];
         Ok(db)
     }
 
@@ -133,7 +147,10 @@ impl VulnDb {
     pub fn load(paths: &[PathBuf], keep: &dyn Fn(&str) -> bool) -> Result<Self, VulnDbError> {
         let mut db = VulnDb::default();
         for path in paths {
-            db.add_path(path, keep, 0)?;
+            let mut kinds = BTreeSet::new();
+            db.add_path(path, keep, 0, &mut kinds)?;
+            let kinds: Vec<&str> = kinds.into_iter().collect();
+            db.sources.push(format!("{}:{}", kinds.join("+"), path.display()));
         }
         Ok(db)
     }
@@ -141,6 +158,16 @@ impl VulnDb {
     /// Records read (including ones about other packages).
     pub fn records(&self) -> usize {
         self.records
+    }
+
+    /// Where the records came from, one entry per file or directory loaded.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// The newest record's modification time (UTC, RFC 3339 to the second).
+    pub fn newest_modified(&self) -> Option<&str> {
+        self.newest.as_deref()
     }
 
     /// Vulnerabilities kept.
@@ -152,7 +179,13 @@ impl VulnDb {
         self.vulns.is_empty()
     }
 
-    fn add_path(&mut self, path: &Path, keep: &dyn Fn(&str) -> bool, depth: usize) -> Result<(), VulnDbError> {
+    fn add_path(
+        &mut self,
+        path: &Path,
+        keep: &dyn Fn(&str) -> bool,
+        depth: usize,
+        kinds: &mut BTreeSet<&'static str>,
+    ) -> Result<(), VulnDbError> {
         let io = |source| VulnDbError::Io {
             path: path.to_path_buf(),
             source,
@@ -169,21 +202,30 @@ impl VulnDb {
             children.sort();
             for child in children {
                 if child.is_dir() || child.extension().is_some_and(|e| e == "json") {
-                    self.add_path(&child, keep, depth + 1)?;
+                    self.add_path(&child, keep, depth + 1, kinds)?;
                 }
             }
             return Ok(());
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
-        self.add_text(path, &text, keep)
+        kinds.insert(self.add_text(path, &text, keep)?);
+        Ok(())
     }
 
-    fn add_text(&mut self, path: &Path, text: &str, keep: &dyn Fn(&str) -> bool) -> Result<(), VulnDbError> {
+    /// Adds one file's records; says which format it was (`osv` or `nvd`).
+    fn add_text(&mut self, path: &Path, text: &str, keep: &dyn Fn(&str) -> bool) -> Result<&'static str, VulnDbError> {
         let bad = |message: String| VulnDbError::Json {
             path: path.to_path_buf(),
             message,
         };
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if value.get("vulnerabilities").is_some_and(serde_json::Value::is_array) {
+            let feed: nvd::Feed = serde_json::from_value(value).map_err(|e| bad(format!("NVD CVE JSON 2.0: {e}")))?;
+            for item in feed.vulnerabilities {
+                self.add_cve(item.cve, keep);
+            }
+            return Ok("nvd");
+        }
         let records = match value {
             serde_json::Value::Array(items) => items,
             object @ serde_json::Value::Object(_) => vec![object],
@@ -193,11 +235,55 @@ impl VulnDb {
             let osv: Osv = serde_json::from_value(record).map_err(|e| bad(format!("record {i}: {e}")))?;
             self.add_record(osv, keep);
         }
-        Ok(())
+        Ok("osv")
+    }
+
+    fn saw_modified(&mut self, modified: Option<&str>) {
+        // Both formats write `YYYY-MM-DDTHH:MM:SS…`; the first 19 characters order as time does.
+        let Some(stamp) = modified.and_then(|m| m.get(..19)) else {
+            return;
+        };
+        if self
+            .newest
+            .as_deref()
+            .is_none_or(|n| n.get(..19).is_some_and(|n| n < stamp))
+        {
+            self.newest = Some(format!("{stamp}Z"));
+        }
+    }
+
+    fn add_cve(&mut self, cve: nvd::Cve, keep: &dyn Fn(&str) -> bool) {
+        self.records += 1;
+        self.saw_modified(cve.last_modified.as_deref());
+        let mut by_name: HashMap<String, Vec<Bounds>> = HashMap::new();
+        for (name, bounds) in cve.affected() {
+            if keep(&name) {
+                by_name.entry(name).or_default().push(bounds);
+            }
+        }
+        if by_name.is_empty() {
+            return;
+        }
+        let vuln = self.vulns.len();
+        self.vulns.push(Vulnerability {
+            severity: cve.severity(),
+            summary: cve.summary(),
+            id: cve.id,
+            aliases: Vec::new(),
+        });
+        for (name, bounds) in by_name {
+            self.by_package.entry(name).or_default().push(Entry {
+                vuln,
+                ranges: Vec::new(),
+                versions: Vec::new(),
+                bounds,
+            });
+        }
     }
 
     fn add_record(&mut self, osv: Osv, keep: &dyn Fn(&str) -> bool) {
         self.records += 1;
+        self.saw_modified(osv.modified.as_deref());
         let mut entries = Vec::new();
         let mut affected_severity = None;
         for a in osv.affected {
@@ -237,10 +323,12 @@ impl VulnDb {
             summary: osv.summary,
         });
         for (name, ranges, versions) in entries {
-            self.by_package
-                .entry(name)
-                .or_default()
-                .push(Entry { vuln, ranges, versions });
+            self.by_package.entry(name).or_default().push(Entry {
+                vuln,
+                ranges,
+                versions,
+                bounds: Vec::new(),
+            });
         }
     }
 
@@ -250,7 +338,8 @@ impl VulnDb {
         for package in packages {
             for entry in self.by_package.get(*package).into_iter().flatten() {
                 let affected = entry.versions.iter().any(|v| v == version)
-                    || entry.ranges.iter().any(|r| range_affects(&r.events, version));
+                    || entry.ranges.iter().any(|r| range_affects(&r.events, version))
+                    || entry.bounds.iter().any(|b| b.affects(version));
                 if affected && !hits.contains(&entry.vuln) {
                     hits.push(entry.vuln);
                 }
