@@ -158,7 +158,9 @@ async fn capacity_30_jobs() -> Res {
         |o| {
             o.workers = 3;
             o.capacity = 4;
-            slow(o, 512 << 10);
+            // 8 s per job: placing a job on the real API server takes a few hundred ms (status,
+            // label, Event), and the servers must fill before the first jobs end.
+            slow(o, 256 << 10);
         },
         async |env, tally| {
             // Watch every job: per server, Scheduled|Running never above 4.
