@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use streamscan_api::AnalyzerName;
 
 use super::report::Report;
+use super::sarif::percent_encode;
 use super::{Finding, Severity};
 
 pub const SPEC_VERSION: &str = "1.5";
@@ -100,7 +101,7 @@ fn component(f: &Finding) -> Value {
         "bom-ref": bom_ref(f),
         "name": name,
         "version": version,
-        "purl": format!("pkg:generic/{purl_name}@{}", purl_escape(version)),
+        "purl": format!("pkg:generic/{purl_name}@{}", percent_encode(version, b"")),
         "evidence": {
             "identity": {
                 "field": "version",
@@ -187,18 +188,6 @@ fn rating(severity: Severity) -> &'static str {
         Severity::Low => "low",
         Severity::Info => "info",
     }
-}
-
-/// A purl version: percent-encodes what a purl component cannot hold literally.
-fn purl_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// `urn:uuid:` of a version-4-shaped UUID made from a SHA-256 (hex), so a BOM of the same file

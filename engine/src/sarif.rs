@@ -48,12 +48,17 @@ fn artifact_uri(source: &str) -> String {
     if source.starts_with("http://") || source.starts_with("https://") {
         return source.into();
     }
-    // Percent-encode what a URI reference cannot hold literally.
-    let mut out = String::with_capacity(source.len());
-    for b in source.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
+    percent_encode(source, b"/")
+}
+
+/// `text` with every byte but RFC 3986's unreserved ones and `also_literal` percent-encoded.
+pub(crate) fn percent_encode(text: &str, also_literal: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || also_literal.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
     out

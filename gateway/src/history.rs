@@ -2,6 +2,7 @@
 //! through one Lua script, so a `seq` is stored at most once whichever replica writes it first.
 //! Keys carry the `analyzeId` as a hash tag so one analysis stays on one Redis Cluster slot.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -164,8 +165,8 @@ impl History {
     }
 
     /// Up to `limit` of one attempt's events with a seq above `after` (all, when None), in seq
-    /// order: a stream replays history a page at a time instead of holding it whole.
-    pub async fn events_page(
+    /// order.
+    async fn events_page(
         &self,
         analyze_id: &str,
         event_id: &str,
@@ -246,5 +247,56 @@ impl History {
             }
         }
         Ok(out)
+    }
+}
+
+/// Events of one history page, read from Redis at a time: a reader holds one page, however long
+/// the job's history.
+pub const PAGE: usize = 256;
+
+/// One job's stored events, attempt by attempt in order, read a page at a time.
+pub struct Pages {
+    history: History,
+    analyze_id: String,
+    attempts: VecDeque<(u32, String)>,
+    /// The first attempt's events up to this seq are skipped (read already, or seen by a client).
+    after: Option<u64>,
+}
+
+/// One page: the attempt, its eventId, and `(seq, exact JSON)` in seq order.
+pub type Page = (u32, String, Vec<(u64, Bytes)>);
+
+impl Pages {
+    /// `attempts` in order; the first one's events from after `after` on.
+    pub fn new(history: History, analyze_id: String, attempts: VecDeque<(u32, String)>, after: Option<u64>) -> Self {
+        Pages {
+            history,
+            analyze_id,
+            attempts,
+            after,
+        }
+    }
+
+    pub fn analyze_id(&self) -> &str {
+        &self.analyze_id
+    }
+
+    /// The next page, `None` once every attempt is read. Cancel-safe: the position moves only
+    /// after a page is read.
+    pub async fn next(&mut self) -> Result<Option<Page>, HistoryError> {
+        let Some((attempt, event_id)) = self.attempts.front().cloned() else {
+            return Ok(None);
+        };
+        let events = self
+            .history
+            .events_page(&self.analyze_id, &event_id, self.after, PAGE)
+            .await?;
+        if events.len() < PAGE {
+            self.attempts.pop_front();
+            self.after = None;
+        } else {
+            self.after = events.last().map(|(seq, _)| *seq);
+        }
+        Ok(Some((attempt, event_id, events)))
     }
 }

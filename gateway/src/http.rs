@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
+use streamscan_api::trace::TraceParent;
+
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::history::History;
@@ -91,8 +93,9 @@ async fn request_span(request: Request, next: Next) -> Response {
         .headers()
         .get(streamscan_api::event::headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
     {
-        streamscan_runtime::telemetry::continue_trace(&span, parent);
+        streamscan_runtime::telemetry::continue_trace(&span, &parent);
     }
     let started = std::time::Instant::now();
     async move {

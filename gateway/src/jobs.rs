@@ -207,9 +207,7 @@ impl RequestOrigin {
         let key = idempotency_key(headers)?;
         // With trace export on, the request's exported span (which already continues the
         // caller's trace) is the job's parent span.
-        let exported = streamscan_runtime::telemetry::traceparent_of(&tracing::Span::current())
-            .and_then(|t| TraceParent::parse(&t));
-        if let Some(trace) = exported {
+        if let Some(trace) = streamscan_runtime::telemetry::traceparent_of(&tracing::Span::current()) {
             return Ok(RequestOrigin { key, trace });
         }
         let random = uuid::Uuid::new_v4().into_bytes();

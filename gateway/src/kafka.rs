@@ -23,10 +23,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use streamscan_api::ProgressEvent;
-use streamscan_api::event::headers;
 use tokio_util::sync::CancellationToken;
 
 use crate::history::History;
@@ -275,7 +274,7 @@ impl Ingest {
             self.store_or_open_hole(msg, &event, payload).await;
         }
         if !replaying {
-            self.push_live(msg, event, payload);
+            self.push_live(event, payload);
         } else if self.replay_until.get(&partition).is_some_and(|until| offset >= *until) {
             self.replay_until.remove(&partition);
             if self.replay_until.is_empty() && self.holes.is_empty() {
@@ -336,14 +335,13 @@ impl Ingest {
     }
 
     /// Pushes a first-seen event to its live streams, with its trace for the log.
-    fn push_live(&mut self, msg: &BorrowedMessage<'_>, event: ProgressEvent, payload: &[u8]) {
+    fn push_live(&mut self, event: ProgressEvent, payload: &[u8]) {
         if !self.recent.insert(&event.event_id, event.seq) {
             self.metrics.events_duplicate.inc();
             return;
         }
-        let traceparent = header(msg, headers::TRACEPARENT)
-            .or(event.traceparent.as_deref())
-            .unwrap_or("-");
+        // The event carries its trace (the worker writes the same value to the Kafka header).
+        let traceparent = event.traceparent.unwrap_or_default();
         let published = Arc::new(Published {
             analyze_id: event.analyze_id,
             event_id: event.event_id,
@@ -602,12 +600,4 @@ pub fn probe(consumer: &GatewayConsumer, topic: &str) -> Result<i64, KafkaError>
         }
     }
     Ok(lag)
-}
-
-/// A record header's value as text.
-fn header<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a str> {
-    msg.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| std::str::from_utf8(h.value?).ok())
 }

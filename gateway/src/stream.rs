@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::auth::{Caller, StreamCaller};
 use crate::error::ApiError;
+use crate::history::Pages;
 use crate::http::AppState;
 use crate::hub::{Published, Subscription};
 use crate::jobs::{owned_job, request_cancel};
@@ -67,17 +68,9 @@ pub enum Next {
     Closed,
 }
 
-/// Events of one history page, read from Redis at a time: a stream holds one page, however long
-/// the job's history.
-const REPLAY_PAGE: usize = 256;
-
-/// The history still to replay: attempts in order, the first one from a seq on.
+/// The history still to replay, and the unsent rest of the page last read.
 struct Replay {
-    history: crate::history::History,
-    analyze_id: String,
-    attempts: VecDeque<(u32, String)>,
-    /// Seqs of the first attempt up to here are replayed (or were seen by the client).
-    after: Option<u64>,
+    pages: Pages,
     page: VecDeque<Arc<Published>>,
 }
 
@@ -155,10 +148,7 @@ impl Feed {
             _ => None,
         };
         self.replay = Some(Replay {
-            history: state.history.clone(),
-            analyze_id: analyze_id.to_owned(),
-            attempts: todo,
-            after: first_after,
+            pages: Pages::new(state.history.clone(), analyze_id.to_owned(), todo, first_after),
             page: VecDeque::new(),
         });
         Ok(())
@@ -174,25 +164,15 @@ impl Feed {
             if !replay.page.is_empty() {
                 return Ok(());
             }
-            let Some((attempt, event_id)) = replay.attempts.front().cloned() else {
+            let Some((attempt, event_id, events)) = replay.pages.next().await? else {
                 self.replay = None;
                 return Ok(());
             };
-            let page = replay
-                .history
-                .events_page(&replay.analyze_id, &event_id, replay.after, REPLAY_PAGE)
-                .await?;
-            if page.len() < REPLAY_PAGE {
-                replay.attempts.pop_front();
-                replay.after = None;
-            } else {
-                replay.after = page.last().map(|(seq, _)| *seq);
-            }
             let set = self.sent.entry(event_id.clone()).or_default();
-            for (seq, payload) in page {
+            for (seq, payload) in events {
                 if set.insert(seq) {
                     replay.page.push_back(Arc::new(Published {
-                        analyze_id: replay.analyze_id.clone(),
+                        analyze_id: replay.pages.analyze_id().to_owned(),
                         event_id: event_id.clone(),
                         attempt,
                         seq,
@@ -491,59 +471,34 @@ pub async fn history(
         ));
     }
     let analyze_id = job.uid().unwrap_or_default();
-    let attempts: VecDeque<String> = state
+    let attempts = state
         .history
         .attempts(&analyze_id)
         .await
-        .map_err(|e| ApiError::redis(&e))?
-        .into_iter()
-        .map(|(_, event_id)| event_id)
-        .collect();
-    struct Pages {
-        history: crate::history::History,
-        analyze_id: String,
-        attempts: VecDeque<String>,
-        after: Option<u64>,
-        empty: bool,
-    }
-    let start = Pages {
-        history: state.history.clone(),
-        analyze_id,
-        attempts,
-        after: None,
-        empty: true,
-    };
+        .map_err(|e| ApiError::redis(&e))?;
+    let pages = Pages::new(state.history.clone(), analyze_id, attempts.into(), None);
     // Stored payloads are JSON checked at ingest: written out as they are, comma-separated.
-    let body = futures::stream::unfold(Some(start), |pages| async move {
-        let mut p = pages?;
-        let Some(event_id) = p.attempts.front().cloned() else {
-            let close: &[u8] = if p.empty { b"[]" } else { b"]" };
-            return Some((Ok::<_, crate::history::HistoryError>(Bytes::from_static(close)), None));
-        };
-        let page = match p
-            .history
-            .events_page(&p.analyze_id, &event_id, p.after, REPLAY_PAGE)
-            .await
-        {
-            Ok(page) => page,
+    let body = futures::stream::unfold(Some((pages, true)), |state| async move {
+        let (mut pages, first) = state?;
+        let events = match pages.next().await {
+            Ok(Some((_, _, events))) => events,
+            Ok(None) => {
+                let close: &[u8] = if first { b"[]" } else { b"]" };
+                return Some((Ok(Bytes::from_static(close)), None));
+            }
             Err(err) => {
                 tracing::warn!(%err, "reading the history failed mid-response");
                 return Some((Err(err), None));
             }
         };
-        if page.len() < REPLAY_PAGE {
-            p.attempts.pop_front();
-            p.after = None;
-        } else {
-            p.after = page.last().map(|(seq, _)| *seq);
-        }
         let mut chunk = Vec::new();
-        for (_, payload) in page {
-            chunk.push(if p.empty { b'[' } else { b',' });
-            p.empty = false;
+        let mut first = first;
+        for (_, payload) in events {
+            chunk.push(if first { b'[' } else { b',' });
+            first = false;
             chunk.extend_from_slice(&payload);
         }
-        Some((Ok(Bytes::from(chunk)), Some(p)))
+        Some((Ok(chunk.into()), Some((pages, first))))
     });
     let mut response = Response::new(axum::body::Body::from_stream(body));
     response

@@ -2,15 +2,14 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, the `tracing`
 //! spans exported over OTLP/HTTP, joined to the W3C trace a job carries.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 
 use clap::ValueEnum;
-use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use streamscan_api::trace::TraceParent;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -124,21 +123,28 @@ fn otlp_provider(service: &'static str, traces_endpoint: Option<String>) -> Opti
     }
 }
 
-/// Makes `span` a child of the W3C `traceparent` (a job's, a request's), so its exported span
-/// joins that trace. Without an exporter, or with an invalid value, nothing changes.
-pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
-    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
-        // Fails only when no OpenTelemetry layer is installed: then there is nothing to join.
-        let _ = span.set_parent(parent);
-    }
+/// Makes `span` a child of `parent` (a job's, a request's trace), so its exported span joins
+/// that trace. Without an exporter nothing changes.
+pub fn continue_trace(span: &tracing::Span, parent: &TraceParent) {
+    let remote = SpanContext::new(
+        TraceId::from_bytes(parent.trace_id),
+        SpanId::from_bytes(parent.parent_id),
+        TraceFlags::new(parent.flags),
+        true,
+        TraceState::default(),
+    );
+    // Fails only when no OpenTelemetry layer is installed: then there is nothing to join.
+    let _ = span.set_parent(Context::new().with_remote_span_context(remote));
 }
 
-/// The W3C `traceparent` of `span` as exported (its own span id), when spans are exported.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+/// `span`'s own trace context (its span id as the parent of what follows), when spans are
+/// exported.
+pub fn traceparent_of(span: &tracing::Span) -> Option<TraceParent> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid()
-        .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+    sc.is_valid().then(|| TraceParent {
+        trace_id: sc.trace_id().to_bytes(),
+        parent_id: sc.span_id().to_bytes(),
+        flags: sc.trace_flags().to_u8(),
+    })
 }

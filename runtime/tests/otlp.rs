@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use streamscan_api::trace::TraceParent;
 use streamscan_runtime::telemetry::{self, LogFormat};
 
 type Res = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -58,8 +59,11 @@ async fn spans_continue_the_jobs_trace_and_reach_the_otlp_collector() -> Res {
     assert!(guard.exporting(), "an endpoint is configured");
 
     let span = tracing::info_span!("attempt", job = "fw");
-    telemetry::continue_trace(&span, PARENT);
-    let own = telemetry::traceparent_of(&span).ok_or("no traceparent for an exported span")?;
+    let parent = TraceParent::parse(PARENT).ok_or("the spec's example parses")?;
+    telemetry::continue_trace(&span, &parent);
+    let own = telemetry::traceparent_of(&span)
+        .ok_or("no traceparent for an exported span")?
+        .to_string();
     assert!(own.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{own}");
     assert!(
         !own.contains("00f067aa0ba902b7"),

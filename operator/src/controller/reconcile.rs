@@ -14,6 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use streamscan_api::names::{ANNOTATION_TRACEPARENT, FINALIZER_RESULTS, LABEL_SERVER_ID, MANAGER_CONTROLLER, reason};
+use streamscan_api::trace::TraceParent;
 use streamscan_api::{AnalysisJob, AnalysisJobStatus, Phase};
 use tokio::sync::mpsc;
 
@@ -99,8 +100,12 @@ pub async fn reconcile(job: Arc<AnalysisJob>, ctx: Arc<Context>) -> Result<Actio
         phase = job.phase().as_str(),
     );
     // With trace export on, each reconcile is a span in the trace of the request that made the job.
-    if let Some(traceparent) = job.annotations().get(ANNOTATION_TRACEPARENT) {
-        streamscan_runtime::telemetry::continue_trace(&span, traceparent);
+    if let Some(parent) = job
+        .annotations()
+        .get(ANNOTATION_TRACEPARENT)
+        .and_then(|v| TraceParent::parse(v))
+    {
+        streamscan_runtime::telemetry::continue_trace(&span, &parent);
     }
     let started = std::time::Instant::now();
     let metrics = ctx.metrics.clone();

@@ -262,7 +262,7 @@ pub async fn run(shared: Arc<Shared>, job: JobInfo, control: Arc<Control>) {
     );
     // With trace export on, the attempt is a span in the trace of the request that made the job.
     if let Some(trace) = &job.trace {
-        streamscan_runtime::telemetry::continue_trace(&span, &trace.to_string());
+        streamscan_runtime::telemetry::continue_trace(&span, trace);
     }
     let outcome = tracing::Instrument::instrument(attempt(&shared, &job, &control), span).await;
     shared.metrics.running.dec();

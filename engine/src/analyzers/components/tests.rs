@@ -325,6 +325,8 @@ fn loads_nvd_cve_json_2_feeds() {
         vulns("OpenSSL", "1.0.1f"),
         [("CVE-2014-0160".to_owned(), Severity::High)]
     );
+    let fixed = f.iter().find(|x| x.version.as_deref() == Some("1.0.1g"));
+    assert!(fixed.is_some(), "1.0.1g is found");
     assert!(vulns("OpenSSL", "1.0.1g").is_empty(), "the range's end is excluded");
     assert_eq!(
         vulns("BusyBox", "1.21.1"),
